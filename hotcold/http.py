@@ -1,0 +1,115 @@
+"""aiohttp glue shared by the three services: body reading, content negotiation, errors.
+
+The one error middleware here is the only place an exception becomes an HTTP answer, so every
+service answers bad input and internal faults the same way: the OpenAI error shape, the right
+status, and never a traceback on the wire (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from hotcold.wire.codec import decode_body, encode_body, wants_msgpack
+from hotcold.wire.errors import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    error_body,
+)
+
+log = logging.getLogger("hotcold.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Each service puts its body limit here (and gives the same value to the Application's
+# client_max_size, which enforces it while reading).
+MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
+
+_HTTP_STATUS_TYPES = {
+    400: ("invalid_request_error", "bad_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+}
+
+
+def respond(
+    request: web.Request,
+    document: Any,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """Answer with JSON, or msgpack when the client's Accept header asks for it."""
+    body, content_type = encode_body(document, wants_msgpack(request.headers.get("Accept")))
+    response = web.Response(body=body, status=status, headers=headers)
+    response.content_type = content_type
+    return response
+
+
+def error_response(request: web.Request, exc: ApiError) -> web.Response:
+    # Errors are always JSON: the DESIGN contract says so, and every client can read it.
+    body, content_type = encode_body(exc.body(), as_msgpack=False)
+    response = web.Response(body=body, status=exc.status, headers=exc.headers())
+    response.content_type = content_type
+    return response
+
+
+async def read_document(request: web.Request) -> dict[str, Any]:
+    """Read and decode the body, refusing an oversized one before reading it when we can."""
+    limit = request.app[MAX_BODY_BYTES]
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes") from exc
+    if not raw:
+        raise BadRequest("the request has no body", code="empty_body")
+    return decode_body(raw, request.headers.get("Content-Type"))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to the OpenAI error shape; log unexpected ones with their traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind, code = _HTTP_STATUS_TYPES.get(exc.status, ("invalid_request_error", "http_error"))
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        elif exc.status == 413:
+            message = "request body is over the size limit"
+        response = web.json_response(error_body(message, kind, code), status=exc.status)
+        for header in ("Allow", "Retry-After"):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
+        return response
+    except (ConnectionResetError, OSError) as exc:
+        # The client went away while we were writing: nothing left to answer.
+        log.debug("client connection lost on %s: %s", request.path, exc)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(
+            error_body("internal error; it has been logged", "server_error", "internal_error"),
+            status=500,
+        )
+
+
+def not_found(request: web.Request) -> NotFound:
+    return NotFound(f"no route for {request.method} {request.path}")

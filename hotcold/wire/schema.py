@@ -1,0 +1,220 @@
+"""Validation of OpenAI chat and text completion requests.
+
+Strict by design: a wrong type is an error (``"max_tokens": "10"`` is refused, not coerced)
+and an unknown top-level field is refused by name, because a typo such as ``max_token`` would
+otherwise be silently ignored and change what the client gets. Fields of the OpenAI API that
+we do not act on are still accepted, so SDKs work unchanged, and so are the common sampling
+extensions of open-model servers (``top_k``, ``min_p``, ``repetition_penalty``).
+
+Messages are lenient about extra keys (``tool_calls``, ``name``, ``refusal`` ...) since their
+shape grows with every API release and they are forwarded verbatim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hotcold.wire.errors import InvalidField
+
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 256
+MAX_MODEL_NAME = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatMessage(BaseModel):
+    """One chat message. Extra keys are kept and forwarded."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _parts_have_types(
+        cls, value: str | list[dict[str, Any]] | None
+    ) -> str | list[dict[str, Any]] | None:
+        if isinstance(value, list):
+            for index, part in enumerate(value):
+                if not isinstance(part.get("type"), str):
+                    raise ValueError(f"content part {index} needs a string 'type'")
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError(f"content part {index} of type 'text' needs a string 'text'")
+        return value
+
+    def text(self) -> str:
+        """The message's text, with non-text parts reduced to a stable marker."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        pieces = []
+        for part in self.content:
+            if part["type"] == "text":
+                pieces.append(part["text"])
+            else:
+                pieces.append(f"<{part['type']}>")
+        return "\n".join(pieces)
+
+
+class _Sampling(_Strict):
+    """Fields shared by chat and text completions."""
+
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    # Common extensions of open-model servers (vLLM, TGI, llama.cpp).
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        if len(items) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        for item in items:
+            if not item or len(item) > MAX_STOP_LENGTH:
+                raise ValueError(f"each stop sequence needs 1 to {MAX_STOP_LENGTH} characters")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def is_deterministic(self) -> bool:
+        """Greedy decoding or a fixed seed: the same request gives the same answer."""
+        return self.temperature == 0 or self.seed is not None
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+    modalities: list[str] | None = None
+
+    def output_limit(self) -> int | None:
+        """``max_completion_tokens`` supersedes ``max_tokens`` in the current API."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_Sampling):
+    # A single prompt; token-id prompts are accepted too (list of ints).
+    prompt: str | list[str] | list[int]
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1, le=1)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+    @field_validator("prompt")
+    @classmethod
+    def _single_prompt(cls, value: str | list[str] | list[int]) -> str | list[str] | list[int]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("prompt must not be empty")
+            if isinstance(value[0], str) and len(value) != 1:
+                raise ValueError("only one prompt per request is supported (got a batch)")
+        return value
+
+    def output_limit(self) -> int | None:
+        return self.max_tokens
+
+    def prompt_text(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if isinstance(self.prompt[0], str):
+            return str(self.prompt[0])
+        return " ".join(str(token) for token in self.prompt)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    """A validated request together with the client's document, which is forwarded as is."""
+
+    kind: Literal["chat", "completion"]
+    params: ChatCompletionRequest | CompletionRequest
+    body: dict[str, Any]
+
+    @property
+    def path(self) -> str:
+        return "/v1/chat/completions" if self.kind == "chat" else "/v1/completions"
+
+    @property
+    def stream(self) -> bool:
+        return self.params.stream
+
+    def prompt_text(self) -> str:
+        if isinstance(self.params, ChatCompletionRequest):
+            return "\n".join(message.text() for message in self.params.messages)
+        return self.params.prompt_text()
+
+
+def _raise_invalid(exc: ValidationError) -> None:
+    first = exc.errors(include_url=False)[0]
+    location = ".".join(str(part) for part in first["loc"]) or "body"
+    if first["type"] == "extra_forbidden":
+        raise InvalidField(
+            f"Unrecognized request argument supplied: {location}",
+            code="unknown_field",
+            param=location,
+        ) from None
+    message = str(first["msg"]).removeprefix("Value error, ")
+    others = exc.error_count() - 1
+    suffix = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+    raise InvalidField(
+        f"invalid value for '{location}': {message}{suffix}", param=location
+    ) from None
+
+
+def parse_chat_request(document: dict[str, Any]) -> InferenceRequest:
+    try:
+        params = ChatCompletionRequest.model_validate(document)
+    except ValidationError as exc:
+        _raise_invalid(exc)
+        raise  # unreachable: _raise_invalid always raises
+    return InferenceRequest("chat", params, document)
+
+
+def parse_completion_request(document: dict[str, Any]) -> InferenceRequest:
+    try:
+        params = CompletionRequest.model_validate(document)
+    except ValidationError as exc:
+        _raise_invalid(exc)
+        raise
+    return InferenceRequest("completion", params, document)
