@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
-from cloud_stub.app import STATE, create_app
+from cloud_stub.app import create_app
 from cloud_stub.config import StubConfig
+from cloud_stub.handlers import STATE
 from hotcold.serving import Server, serve_forever
 
 

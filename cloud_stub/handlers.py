@@ -145,9 +145,9 @@ async def _stream(
     for index, token in enumerate(answer.tokens):
         if index:
             await asyncio.sleep(state.latency.next_token_s(state.rng))
-        piece = {"delta": {"content": token}} if chat else {"text": token}
+        piece: dict[str, Any] = {"delta": {"content": token}} if chat else {"text": token}
         await response.write(_chunk(request, answer, created, **piece, finish_reason=None))
-    final = {"delta": {}} if chat else {"text": ""}
+    final: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
     await response.write(
         _chunk(request, answer, created, **final, finish_reason=answer.finish_reason)
     )

@@ -1,0 +1,85 @@
+"""``python -m router``: the hotcold edge router."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from hotcold.logs import setup_logging
+from hotcold.serving import Server, serve_forever
+from router.app import create_app
+from router.config import load_config
+from router.errors import ConfigError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m router", description=__doc__)
+    parser.add_argument("--config", help="YAML config file (see configs/router.yaml)")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument(
+        "--cloud-endpoint",
+        action="append",
+        dest="cloud_endpoints",
+        metavar="URL",
+        help="a cloud GPU server (repeat for a pool); replaces the file's list",
+    )
+    parser.add_argument(
+        "--admin-token", help="bearer token of the admin API (or HOTCOLD_ADMIN_TOKEN)"
+    )
+    parser.add_argument("--log-level")
+    parser.add_argument(
+        "--json-logs", action="store_true", default=None, help="one JSON object per log line"
+    )
+    return parser.parse_args(argv)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags as a config layer: only the flags that were given."""
+    tree: dict[str, Any] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            tree.setdefault(section, {})[key] = value
+
+    put("server", "host", args.host)
+    put("server", "port", args.port)
+    put("cloud", "endpoints", args.cloud_endpoints)
+    put("admin", "token", args.admin_token)
+    put("logging", "level", args.log_level)
+    put("logging", "json_lines", args.json_logs)
+    return tree
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, overrides_from(args))
+    except ConfigError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.logging.level, config.logging.json_lines)
+    logging.getLogger("hotcold.router").info(
+        "cloud pool: %s", ", ".join(config.cloud.endpoints) or "(none)"
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    server = Server(
+        create_app(config),
+        config.server.host,
+        config.server.port,
+        shutdown_timeout_s=config.server.shutdown_timeout_s,
+    )
+    asyncio.run(serve_forever(server))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The router's configuration: parsed once, validated, frozen.
+
+Precedence, lowest first: built-in defaults < environment (``HOTCOLD_*``) < the YAML file
+(``--config``) < command-line flags. Every key, its unit and its default are listed in
+``configs/router.yaml``; an unknown key or a bad value stops start-up with a message naming
+the key and the value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from router.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url) < 10:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    return url.rstrip("/")
+
+
+class ServerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * MiB, ge=1024)
+    request_deadline_s: float = Field(default=60.0, gt=0)
+    stream_idle_timeout_s: float = Field(default=30.0, gt=0)
+    shutdown_timeout_s: float = Field(default=15.0, ge=0)
+
+
+class BackoffConfig(_Frozen):
+    base_s: float = Field(default=0.01, ge=0)
+    cap_s: float = Field(default=0.25, ge=0)
+
+
+class BreakerConfig(_Frozen):
+    failure_threshold: int = Field(default=3, ge=1)
+    open_s: float = Field(default=1.0, gt=0)
+    max_open_s: float = Field(default=30.0, gt=0)
+
+
+class HealthConfig(_Frozen):
+    probe_interval_s: float = Field(default=0.5, gt=0)
+    probe_timeout_s: float = Field(default=1.0, gt=0)
+    stale_after_s: float = Field(default=10.0, gt=0)
+
+
+class PoolConfig(_Frozen):
+    """An upstream pool: the cloud GPU servers, or the edge node (a pool of one)."""
+
+    endpoints: tuple[str, ...] = ()
+    api_key: str | None = None  # sent as "Authorization: Bearer" to every endpoint
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    max_connections: int = Field(default=1024, ge=1)
+    backoff: BackoffConfig = BackoffConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    health: HealthConfig = HealthConfig()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        urls = tuple(_check_url(url) for url in value)
+        if len(set(urls)) != len(urls):
+            raise ValueError("an endpoint is listed twice")
+        return urls
+
+
+class AdminConfig(_Frozen):
+    token: str | None = Field(default=None, min_length=16)
+
+
+class LoggingConfig(_Frozen):
+    level: str = "INFO"
+    json_lines: bool = False
+
+
+class RouterConfig(_Frozen):
+    server: ServerConfig = ServerConfig()
+    cloud: PoolConfig = PoolConfig(endpoints=("http://127.0.0.1:9001",))
+    admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+# Environment variables and the config path each one sets (comma-separated lists allowed).
+ENVIRONMENT = {
+    "HOTCOLD_HOST": ("server", "host"),
+    "HOTCOLD_PORT": ("server", "port"),
+    "HOTCOLD_CLOUD_ENDPOINTS": ("cloud", "endpoints"),
+    "HOTCOLD_ADMIN_TOKEN": ("admin", "token"),
+    "HOTCOLD_LOG_LEVEL": ("logging", "level"),
+}
+_LIST_KEYS = {("cloud", "endpoints")}
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, path in ENVIRONMENT.items():
+        if name in environ and environ[name] != "":
+            raw = environ[name]
+            value: Any = (
+                [part.strip() for part in raw.split(",") if part.strip()]
+                if (path in _LIST_KEYS)
+                else raw
+            )
+            _set_path(tree, path, value)
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return document
+
+
+def build_config(*layers: Mapping[str, Any]) -> RouterConfig:
+    """Merge layers (later wins) and validate; errors name the key and the bad value."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _merge(merged, layer)
+    try:
+        return RouterConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            key = ".".join(str(part) for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                problems.append(f"'{key}' = {error.get('input')!r}: {message}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RouterConfig:
+    env_layer = environment_overrides(os.environ if environ is None else environ)
+    file_layer = read_yaml(path) if path else {}
+    return build_config(env_layer, file_layer, overrides or {})

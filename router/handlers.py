@@ -1,0 +1,89 @@
+"""The router's HTTP endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from hotcold.http import read_document, respond
+from hotcold.wire import ServiceUnavailable, parse_chat_request, parse_completion_request
+from router.dispatch import Dispatcher
+from router.middlewares import METRICS
+from router.upstream import UpstreamPool
+
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+CLOUD = web.AppKey("cloud_pool", UpstreamPool)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+MODELS_CACHE = web.AppKey("models_cache", dict)
+MODELS_TTL_S = 30.0
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    inference = parse_chat_request(await read_document(request))
+    return await request.app[DISPATCHER].serve(request, inference)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    inference = parse_completion_request(await read_document(request))
+    return await request.app[DISPATCHER].serve(request, inference)
+
+
+async def models(request: web.Request) -> web.Response:
+    """The union of the models the cloud pool serves, cached for a while."""
+    cache: dict[str, Any] = request.app[MODELS_CACHE]
+    now = time.monotonic()
+    if cache.get("at") is not None and now - cache["at"] < MODELS_TTL_S:
+        return respond(request, cache["document"])
+    pool = request.app[CLOUD]
+    seen: dict[str, dict[str, Any]] = {}
+    for endpoint in pool.endpoints:
+        if not endpoint.breaker.allows_request():
+            continue
+        try:
+            async with request.app[SESSION].get(
+                endpoint.url + "/v1/models", timeout=aiohttp.ClientTimeout(total=2.0)
+            ) as answer:
+                if answer.status != 200:
+                    continue
+                listing = orjson.loads(await answer.read())
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+            continue
+        for item in listing.get("data", []) if isinstance(listing, dict) else []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                seen.setdefault(item["id"], item)
+    if not seen and "document" in cache:
+        return respond(request, cache["document"])  # stale beats nothing
+    if not seen:
+        raise ServiceUnavailable("no cloud endpoint answered the model listing", retry_after_s=1)
+    document = {"object": "list", "data": list(seen.values())}
+    cache.update(at=now, document=document)
+    return respond(request, document)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return respond(request, {"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    pool = request.app[CLOUD]
+    try:
+        async with asyncio.timeout(pool.config.health.probe_timeout_s + 1.0):
+            cloud_ready = await pool.check_ready()
+    except TimeoutError:
+        cloud_ready = False
+    document = {
+        "ready": cloud_ready,
+        "cloud": {"ready": cloud_ready, "endpoints": pool.snapshot()},
+    }
+    return respond(request, document, status=200 if cloud_ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,53 @@
+"""Request context: a request id on every answer, route headers on every inference answer,
+and the request counters and latency histogram."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from aiohttp import web
+
+from hotcold.http import Handler
+from router.dispatch import DECISION, REQUEST_ID, Decision
+from router.metrics import RouterMetrics
+
+METRICS = web.AppKey("metrics", RouterMetrics)
+_INFERENCE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Answers the router gives itself (bad input, no upstream) before or instead of routing.
+ROUTER_ANSWER = Decision(route="cold", cache="bypass", served_by="router")
+
+
+def _request_id(request: web.Request) -> str:
+    offered = request.headers.get("X-Request-Id", "")
+    return offered if _CLIENT_ID.match(offered) else uuid.uuid4().hex
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[REQUEST_ID] = _request_id(request)
+    api = _INFERENCE_PATHS.get(request.path)
+    started = time.perf_counter()
+    status = "cancelled"
+    try:
+        response = await handler(request)
+        status = str(response.status)
+    finally:
+        if api is not None:
+            decision: Decision = request.get(DECISION, ROUTER_ANSWER)
+            metrics = request.app[METRICS]
+            metrics.requests.labels(
+                api, decision.route, decision.cache, decision.served_by, status
+            ).inc()
+            metrics.latency.labels(decision.route, decision.served_by).observe(
+                time.perf_counter() - started
+            )
+    if not response.prepared:
+        response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
+        if api is not None:
+            decision = request.get(DECISION, ROUTER_ANSWER)
+            for name, value in decision.headers().items():
+                response.headers.setdefault(name, value)
+    return response

@@ -1,0 +1,443 @@
+"""A pool of OpenAI-compatible upstream servers: balancing, ejection, retries, streaming.
+
+Used twice: for the cloud GPU pool, and for the edge node (a pool of one, so its breaker and
+health checks come for free).
+
+Balancing: least outstanding requests, ties broken by the latency EWMA and then at random.
+With a handful of GPU servers, looking at every member is cheap, and outstanding count is the
+best signal of a GPU server's queue we have without asking it.
+
+Ejection: a circuit breaker per endpoint (:mod:`router.breaker`) counts transport errors, 5xx
+and timeouts. An ejected endpoint is probed back in by a background task that sends
+``GET /healthz`` once its open period has passed (half-open); it is only ever probed while
+ejected, and ``/readyz`` probes members that have been quiet for ``stale_after_s``: health
+checking is passive first and lazy (redis-py's health-check habit).
+
+Retries: the router retries on another endpoint, with full-jitter backoff, when
+
+- the connection could not be made (refused, DNS, connect timeout): the request never left;
+- the server refused it (503 or 429: busy or draining): it was not worked on; the endpoint
+  is skipped for its Retry-After (at most 5 s), but not ejected, as it is alive;
+- the server failed it (other 5xx) or the connection broke before any byte of the answer was
+  relayed to the client. Inference has no side effect, so redoing it costs only GPU time.
+
+A timeout is different: the request's deadline covers all attempts, so when it passes
+mid-generation there is no time left for another; the client gets 504 and the endpoint a
+failure. We do not hedge (send a second copy early): it doubles cloud cost for the tail.
+Once a stream has started relaying to the client, a break cannot be retried without
+duplicating text, so the client gets an SSE error event and the stream ends cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from router.breaker import BreakerParams, BreakerState, CircuitBreaker
+from router.clock import Clock
+from router.config import PoolConfig
+from router.errors import DeadlineExceeded, NoHealthyUpstream, UpstreamFailed
+from router.retry import Backoff, FullJitterBackoff
+
+log = logging.getLogger("hotcold.upstream")
+
+EWMA_ALPHA = 0.2  # weight of the newest latency sample
+MAX_BUSY_S = 5.0  # never skip a busy endpoint for longer than this, whatever it asks
+DEFAULT_BUSY_S = 1.0  # when a 503/429 carries no usable Retry-After
+
+# Called once per attempt: (pool name, endpoint url, outcome).
+AttemptObserver = Callable[[str, str, str], None]
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way another endpoint may not."""
+
+
+class StreamBroken(Exception):
+    """The upstream stream ended abnormally after relaying had started."""
+
+
+class Endpoint:
+    """One upstream server and what we know of its health and load."""
+
+    def __init__(self, url: str, breaker: CircuitBreaker) -> None:
+        self.url = url
+        self.breaker = breaker
+        self.outstanding = 0
+        self.latency_ewma_s: float | None = None
+        self.busy_until = 0.0
+        self.last_ok_at: float | None = None
+        self.last_error: str | None = None
+
+    def observe_ok(self, latency_s: float, now: float) -> None:
+        self.breaker.record_success()
+        self.last_ok_at = now
+        if self.latency_ewma_s is None:
+            self.latency_ewma_s = latency_s
+        else:
+            self.latency_ewma_s += EWMA_ALPHA * (latency_s - self.latency_ewma_s)
+
+    def observe_failure(self, reason: str) -> None:
+        self.breaker.record_failure()
+        self.last_error = reason
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "state": self.breaker.state.value,
+            "outstanding": self.outstanding,
+            "latency_ewma_ms": None
+            if self.latency_ewma_s is None
+            else round(self.latency_ewma_s * 1000, 2),
+            "times_ejected": self.breaker.times_opened,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    status: int
+    body: bytes
+    content_type: str
+    endpoint: str
+    attempts: int
+
+
+class UpstreamStream:
+    """An SSE answer whose first chunk has arrived; relay the rest with :meth:`chunks`."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        endpoint: Endpoint,
+        response: aiohttp.ClientResponse,
+        first: bytes,
+        attempts: int,
+    ) -> None:
+        self.endpoint = endpoint.url
+        self.attempts = attempts
+        self._pool = pool
+        self._endpoint = endpoint
+        self._response = response
+        self._first = first
+        self._closed = False
+
+    async def chunks(self, idle_timeout_s: float) -> AsyncIterator[bytes]:
+        yield self._first
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout_s):
+                    chunk = await self._response.content.readany()
+            except TimeoutError as exc:
+                self._finish(f"no data for {idle_timeout_s}s mid-stream")
+                raise StreamBroken(f"upstream sent nothing for {idle_timeout_s}s") from exc
+            except aiohttp.ClientError as exc:
+                self._finish(f"stream broke: {exc!r}")
+                raise StreamBroken(f"upstream connection broke mid-stream: {exc}") from exc
+            if not chunk:
+                self._finish(None)
+                return
+            yield chunk
+
+    def _finish(self, error: str | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._endpoint.outstanding -= 1
+        if error is None:
+            self._endpoint.breaker.record_success()
+            self._response.release()
+            self._pool.observe(self._endpoint.url, "ok")
+        else:
+            self._endpoint.observe_failure(error)
+            self._response.close()
+            self._pool.observe(self._endpoint.url, "stream_broken")
+
+    def close(self) -> None:
+        """Stop relaying (client gone, or done): the upstream connection is closed, which
+        tells the server to stop generating and frees its slot."""
+        if self._closed:
+            return
+        self._closed = True
+        self._endpoint.outstanding -= 1
+        self._endpoint.breaker.release_trial()
+        self._response.close()
+        self._pool.observe(self._endpoint.url, "cancelled")
+
+
+class UpstreamPool:
+    def __init__(
+        self,
+        name: str,
+        config: PoolConfig,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        *,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        observer: AttemptObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._session = session
+        self._clock = clock
+        self._backoff = backoff or FullJitterBackoff(config.backoff.base_s, config.backoff.cap_s)
+        self._rng = rng or random.Random()
+        self._observer = observer
+        params = BreakerParams(
+            config.breaker.failure_threshold, config.breaker.open_s, config.breaker.max_open_s
+        )
+        self.endpoints = [Endpoint(url, CircuitBreaker(params, clock)) for url in config.endpoints]
+        self._headers = {"Content-Type": "application/json"}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        self._probing: set[str] = set()
+
+    # ---- selection -------------------------------------------------------------------
+
+    def pick(self, exclude: set[str]) -> Endpoint | None:
+        now = self._clock.now()
+        best: Endpoint | None = None
+        best_key: tuple[int, float, float] | None = None
+        for endpoint in self.endpoints:
+            if endpoint.url in exclude or endpoint.busy_until > now:
+                continue
+            if not endpoint.breaker.allows_request():
+                continue
+            key = (endpoint.outstanding, endpoint.latency_ewma_s or 0.0, self._rng.random())
+            if best_key is None or key < best_key:
+                best, best_key = endpoint, key
+        return best
+
+    def available(self) -> bool:
+        return self.pick(set()) is not None
+
+    def seconds_until_available(self) -> float:
+        now = self._clock.now()
+        waits = [max(e.breaker.seconds_until_trial(), e.busy_until - now) for e in self.endpoints]
+        return max(0.0, min(waits)) if waits else 1.0
+
+    def observe(self, url: str, outcome: str) -> None:
+        if self._observer is not None:
+            self._observer(self.name, url, outcome)
+
+    # ---- requests ----------------------------------------------------------------------
+
+    async def complete(
+        self, path: str, body: bytes, deadline_at: float, headers: dict[str, str] | None = None
+    ) -> UpstreamReply:
+        result = await self._with_retries(path, body, deadline_at, headers, stream=False)
+        assert isinstance(result, UpstreamReply)
+        return result
+
+    async def open_stream(
+        self, path: str, body: bytes, deadline_at: float, headers: dict[str, str] | None = None
+    ) -> UpstreamStream | UpstreamReply:
+        """An SSE stream, or a plain reply when the upstream answered with an error."""
+        return await self._with_retries(path, body, deadline_at, headers, stream=True)
+
+    async def _with_retries(
+        self,
+        path: str,
+        body: bytes,
+        deadline_at: float,
+        headers: dict[str, str] | None,
+        *,
+        stream: bool,
+    ) -> UpstreamReply | UpstreamStream:
+        if not self.endpoints:
+            raise NoHealthyUpstream(f"the {self.name} pool has no endpoints configured")
+        tried: set[str] = set()
+        last_error = ""
+        attempt = 0
+        while attempt < self.config.max_attempts:
+            endpoint = self.pick(tried) or self.pick(set())
+            if endpoint is None:
+                break
+            attempt += 1
+            tried.add(endpoint.url)
+            remaining = deadline_at - self._clock.now()
+            if remaining <= 0:
+                raise DeadlineExceeded(
+                    f"the request's deadline passed after {attempt - 1} attempts"
+                )
+            try:
+                return await self._attempt(
+                    endpoint, path, body, remaining, headers, stream, attempt
+                )
+            except _Retryable as exc:
+                last_error = f"{endpoint.url}: {exc}"
+                log.info("%s attempt %d failed: %s", self.name, attempt, last_error)
+            if attempt < self.config.max_attempts:
+                pause = self._backoff.compute(attempt)
+                pause = min(pause, max(0.0, deadline_at - self._clock.now()))
+                if pause > 0:
+                    await asyncio.sleep(pause)
+        if attempt == 0:
+            raise NoHealthyUpstream(
+                f"every {self.name} endpoint is ejected or busy",
+                retry_after_s=self.seconds_until_available() or 1.0,
+            )
+        raise UpstreamFailed(
+            f"the {self.name} pool could not answer after {attempt} attempt(s); last: {last_error}",
+            retry_after_s=self.seconds_until_available() or 1.0,
+        )
+
+    async def _attempt(
+        self,
+        endpoint: Endpoint,
+        path: str,
+        body: bytes,
+        remaining_s: float,
+        headers: dict[str, str] | None,
+        stream: bool,
+        attempt: int,
+    ) -> UpstreamReply | UpstreamStream:
+        endpoint.outstanding += 1
+        endpoint.breaker.on_attempt()
+        started = self._clock.now()
+        response: aiohttp.ClientResponse | None = None
+        handed_over = False
+        outcome = "failed"
+        try:
+            async with asyncio.timeout(remaining_s):
+                response = await self._session.post(
+                    endpoint.url + path,
+                    data=body,
+                    headers={**self._headers, **(headers or {})},
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, sock_connect=self.config.connect_timeout_s
+                    ),
+                )
+                status = response.status
+                if status in (429, 503):
+                    endpoint.busy_until = self._clock.now() + _retry_after(response)
+                    endpoint.breaker.release_trial()
+                    outcome = "refused"
+                    raise _Retryable(f"refused with {status}")
+                if status >= 500:
+                    outcome = "failed"
+                    endpoint.observe_failure(f"status {status}")
+                    raise _Retryable(f"answered {status}")
+                if stream and status == 200:
+                    first = await response.content.readany()
+                    if not first:
+                        endpoint.observe_failure("empty stream")
+                        raise _Retryable("stream ended before its first event")
+                    endpoint.observe_ok(self._clock.now() - started, self._clock.now())
+                    handed_over = True
+                    outcome = "ok"
+                    return UpstreamStream(self, endpoint, response, first, attempt)
+                payload = await response.read()
+            if status < 400:
+                endpoint.observe_ok(self._clock.now() - started, self._clock.now())
+                outcome = "ok"
+            else:  # the request was bad, not the server
+                endpoint.breaker.record_success()
+                outcome = "client_error"
+            return UpstreamReply(
+                status, payload, response.content_type or "application/json", endpoint.url, attempt
+            )
+        except TimeoutError as exc:
+            outcome = "timeout"
+            endpoint.observe_failure("timed out")
+            raise DeadlineExceeded(
+                f"no answer from the {self.name} pool within the request's deadline"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            outcome = "connect_failed"
+            endpoint.observe_failure(f"cannot connect: {exc.os_error}")
+            raise _Retryable(f"cannot connect ({exc.os_error})") from exc
+        except aiohttp.ClientError as exc:
+            outcome = "broken"
+            endpoint.observe_failure(f"connection broke: {exc!r}")
+            raise _Retryable(f"connection broke: {exc!r}") from exc
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            endpoint.breaker.release_trial()
+            raise
+        finally:
+            if not handed_over:
+                endpoint.outstanding -= 1
+                if response is not None:
+                    if outcome in ("ok", "client_error"):
+                        response.release()
+                    else:
+                        response.close()
+            self.observe(endpoint.url, outcome)
+
+    # ---- health --------------------------------------------------------------------------
+
+    async def probe(self, endpoint: Endpoint) -> bool:
+        """One active health check; its verdict goes to the endpoint's breaker."""
+        if endpoint.url in self._probing:
+            return endpoint.breaker.state is BreakerState.CLOSED
+        self._probing.add(endpoint.url)
+        endpoint.breaker.on_attempt()
+        try:
+            async with self._session.get(
+                endpoint.url + "/healthz",
+                timeout=aiohttp.ClientTimeout(total=self.config.health.probe_timeout_s),
+            ) as response:
+                await response.read()
+                healthy = response.status == 200
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            healthy = False
+            endpoint.last_error = f"health probe failed: {exc!r}"
+        finally:
+            self._probing.discard(endpoint.url)
+        if healthy:
+            if endpoint.breaker.state is not BreakerState.CLOSED:
+                log.info("%s endpoint %s is back", self.name, endpoint.url)
+            endpoint.breaker.record_success()
+            endpoint.last_ok_at = self._clock.now()
+        else:
+            endpoint.breaker.record_failure()
+        self.observe(endpoint.url, "probe_ok" if healthy else "probe_failed")
+        return healthy
+
+    async def run_prober(self) -> None:
+        """Background task: probe ejected endpoints whose open period has passed."""
+        interval = self.config.health.probe_interval_s
+        while True:
+            due = [
+                endpoint
+                for endpoint in self.endpoints
+                if endpoint.breaker.state is BreakerState.HALF_OPEN
+                and endpoint.breaker.allows_request()
+            ]
+            if due:
+                await asyncio.gather(*(self.probe(endpoint) for endpoint in due))
+            await asyncio.sleep(interval)
+
+    async def check_ready(self) -> bool:
+        """Ready when at least one endpoint is healthy; quiet ones are probed first."""
+        now = self._clock.now()
+        stale_after = self.config.health.stale_after_s
+        stale = [
+            endpoint
+            for endpoint in self.endpoints
+            if endpoint.breaker.state is BreakerState.CLOSED
+            and (endpoint.last_ok_at is None or now - endpoint.last_ok_at > stale_after)
+        ]
+        if stale:
+            await asyncio.gather(*(self.probe(endpoint) for endpoint in stale))
+        return any(e.breaker.state is BreakerState.CLOSED for e in self.endpoints)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [endpoint.snapshot() for endpoint in self.endpoints]
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float:
+    raw = response.headers.get("Retry-After", "")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = DEFAULT_BUSY_S
+    return min(max(seconds, 0.0), MAX_BUSY_S)

@@ -1,0 +1,125 @@
+"""Helpers for tests: wait for a condition with a deadline, run services as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool] | bool],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    message: str = "condition",
+) -> None:
+    """Poll until the condition holds; fail with the message when the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+        await asyncio.sleep(interval_s)
+
+
+async def is_up(url: str) -> bool:
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url + "/healthz", timeout=aiohttp.ClientTimeout(total=0.5)) as response,
+        ):
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A service's /metrics as {(sample name, sorted labels): value}."""
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+        text = await response.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """Sum of the samples of one name whose labels include the given ones."""
+    total = 0.0
+    for (sample_name, sample_labels), value in samples.items():
+        if sample_name == name and all(item in sample_labels for item in labels.items()):
+            total += value
+    return total
+
+
+class Process:
+    """A service started as a real process (so it can be killed like a real server)."""
+
+    def __init__(self, module: str, port: int, *args: str) -> None:
+        self.module = module
+        self.port = port
+        self.args = args
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, "--port", str(self.port), *self.args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    async def started(self, timeout_s: float = 20.0) -> Process:
+        self.start()
+        await wait_for(
+            lambda: self._up_or_dead(), timeout_s, message=f"{self.module} on {self.url}"
+        )
+        return self
+
+    async def _up_or_dead(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            raise AssertionError(f"{self.module} exited with {self.proc.returncode}: {err}")
+        return await is_up(self.url)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()

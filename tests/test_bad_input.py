@@ -1,0 +1,203 @@
+"""Bad input gets the right 4xx in the OpenAI error shape, never a 500 (one test per case)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+
+from hotcold.serving import Server
+from tests.conftest import RouterFactory, StubFactory
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "ping"}]}
+
+
+@pytest.fixture
+async def front(stub: StubFactory, router: RouterFactory) -> AsyncIterator[Server]:
+    yield await router([(await stub()).url])
+
+
+async def _post(
+    url: str,
+    body: Any,
+    content_type: str | None = "application/json",
+    path: str = "/v1/chat/completions",
+) -> tuple[int, dict[str, object]]:
+    headers = {"Content-Type": content_type} if content_type else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + path, data=body, headers=headers) as response,
+    ):
+        document = await response.json(content_type=None)
+        return response.status, document
+
+
+def _assert_error_shape(document: dict[str, object]) -> dict[str, object]:
+    error = document["error"]
+    assert isinstance(error, dict)
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and isinstance(error["code"], str)
+    return error
+
+
+async def test_malformed_json_is_400(front: Server) -> None:
+    status, document = await _post(front.url, b'{"model": "m", "messages": [')
+    assert status == 400
+    assert _assert_error_shape(document)["code"] == "malformed_json"
+
+
+async def test_body_that_is_not_an_object_is_400(front: Server) -> None:
+    status, document = await _post(front.url, b"[1, 2, 3]")
+    assert status == 400
+    _assert_error_shape(document)
+
+
+async def test_malformed_msgpack_is_400(front: Server) -> None:
+    status, document = await _post(front.url, b"\xc1\xff\x00", "application/msgpack")
+    assert status == 400
+    assert _assert_error_shape(document)["code"] == "malformed_msgpack"
+
+
+async def test_msgpack_with_binary_values_is_400(front: Server) -> None:
+    body = msgpack.packb({**CHAT, "model": b"\x00bytes"}, use_bin_type=True)
+    status, document = await _post(front.url, body, "application/msgpack")
+    assert status == 400
+    _assert_error_shape(document)
+
+
+async def test_wrong_media_type_is_415(front: Server) -> None:
+    status, document = await _post(front.url, b"model=m", "application/x-www-form-urlencoded")
+    assert status == 415
+    assert "application/msgpack" in str(_assert_error_shape(document)["message"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", "10"),
+        ("temperature", "hot"),
+        ("stream", "yes"),
+        ("messages", "hi"),
+        ("model", 42),
+        ("stop", 7),
+        ("seed", 1.5),
+        ("max_tokens", True),
+    ],
+)
+async def test_wrong_field_type_is_422_naming_the_field(
+    front: Server, field: str, value: object
+) -> None:
+    import orjson
+
+    status, document = await _post(front.url, orjson.dumps({**CHAT, field: value}))
+    assert status == 422
+    error = _assert_error_shape(document)
+    assert field in str(error["message"])
+
+
+async def test_negative_max_tokens_is_422(front: Server) -> None:
+    import orjson
+
+    status, document = await _post(front.url, orjson.dumps({**CHAT, "max_tokens": -5}))
+    assert status == 422
+    assert "max_tokens" in str(_assert_error_shape(document)["message"])
+
+
+async def test_out_of_range_temperature_is_422(front: Server) -> None:
+    import orjson
+
+    status, document = await _post(front.url, orjson.dumps({**CHAT, "temperature": 7}))
+    assert status == 422
+    _assert_error_shape(document)
+
+
+async def test_unknown_top_level_field_is_422(front: Server) -> None:
+    import orjson
+
+    status, document = await _post(front.url, orjson.dumps({**CHAT, "max_token": 5}))
+    assert status == 422
+    error = _assert_error_shape(document)
+    assert error["code"] == "unknown_field" and "max_token" in str(error["message"])
+
+
+async def test_unknown_keys_inside_messages_are_forwarded(front: Server) -> None:
+    import orjson
+
+    body = {**CHAT, "messages": [{"role": "user", "content": "x", "name": "bob", "extra": 1}]}
+    status, _ = await _post(front.url, orjson.dumps(body))
+    assert status == 200
+
+
+async def test_missing_messages_is_422(front: Server) -> None:
+    status, document = await _post(front.url, b'{"model": "m"}')
+    assert status == 422
+    assert "messages" in str(_assert_error_shape(document)["message"])
+
+
+async def test_bad_role_is_422(front: Server) -> None:
+    status, document = await _post(
+        front.url, b'{"model": "m", "messages": [{"role": "robot", "content": "x"}]}'
+    )
+    assert status == 422
+    _assert_error_shape(document)
+
+
+async def test_empty_body_is_400(front: Server) -> None:
+    status, document = await _post(front.url, b"")
+    assert status == 400
+    _assert_error_shape(document)
+
+
+FORTY_MB = (
+    b'{"model": "m", "messages": [{"role": "user", "content": "'
+    + b"x" * (40 * 1024 * 1024)
+    + b'"}]}'
+)
+
+
+async def test_40_mb_body_is_413(front: Server) -> None:
+    status, document = await _post(front.url, io.BytesIO(FORTY_MB))
+    assert status == 413
+    _assert_error_shape(document)
+
+
+async def test_40_mb_chunked_body_without_length_is_413(front: Server) -> None:
+    """No Content-Length to refuse up front: the limit applies while reading."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(FORTY_MB), 1 << 20):
+            yield FORTY_MB[start : start + (1 << 20)]
+
+    try:
+        status, document = await _post(front.url, chunks())
+    except aiohttp.ClientOSError:
+        pytest.skip("server closed the connection before the client finished sending")
+    assert status == 413
+    _assert_error_shape(document)
+
+
+async def test_unknown_path_is_404_in_error_shape(front: Server) -> None:
+    async with aiohttp.ClientSession() as session, session.get(front.url + "/v2/nothing") as r:
+        assert r.status == 404
+        _assert_error_shape(await r.json())
+
+
+async def test_wrong_method_is_405_in_error_shape(front: Server) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(front.url + "/v1/chat/completions") as response,
+    ):
+        assert response.status == 405
+        _assert_error_shape(await response.json())
+
+
+async def test_batch_prompt_is_422(front: Server) -> None:
+    status, document = await _post(
+        front.url, b'{"model": "m", "prompt": ["a", "b"]}', path="/v1/completions"
+    )
+    assert status == 422
+    _assert_error_shape(document)
