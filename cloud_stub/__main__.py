@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(config)
     server = Server(app, config.host, config.port)
     app[STATE].server = server
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
     asyncio.run(serve_forever(server))
     return 0
 

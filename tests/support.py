@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+
+from hotcold.procs import ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,57 +67,8 @@ def metric(
     return total
 
 
-class Process:
+class Process(ServiceProcess):
     """A service started as a real process (so it can be killed like a real server)."""
 
     def __init__(self, module: str, port: int, *args: str) -> None:
-        self.module = module
-        self.port = port
-        self.args = args
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--port", str(self.port), *self.args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    async def started(self, timeout_s: float = 20.0) -> Process:
-        self.start()
-        await wait_for(
-            lambda: self._up_or_dead(), timeout_s, message=f"{self.module} on {self.url}"
-        )
-        return self
-
-    async def _up_or_dead(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise AssertionError(f"{self.module} exited with {self.proc.returncode}: {err}")
-        return await is_up(self.url)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def terminate(self, timeout_s: float = 20.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout_s)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
+        super().__init__(module, port, *args)

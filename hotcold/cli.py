@@ -1,0 +1,89 @@
+"""The ``hotcold`` console script: ``up``, ``demo`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from hotcold.console import make_console
+from hotcold.stack import ROUTER_PORT, Stack, StackOptions
+
+BENCHMARKS = {
+    "proxy": "bench.proxy",
+}
+
+
+def _stack_options(args: argparse.Namespace) -> StackOptions:
+    return StackOptions(stubs=args.stubs, router_port=args.port, log_dir=Path(args.log_dir))
+
+
+def _add_stack_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stubs", type=int, default=2, help="cloud stub servers to start")
+    parser.add_argument("--port", type=int, default=ROUTER_PORT, help="router port (if free)")
+    parser.add_argument("--log-dir", default="hotcold-logs", help="where service logs go")
+
+
+async def _up(options: StackOptions) -> None:
+    console = make_console()
+    stack = Stack(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        with console.status("starting..."):
+            await stack.start()
+        from hotcold.demo import _show_services
+
+        _show_services(console, stack)
+        assert stack.router is not None
+        console.print(
+            f"try: curl -s {stack.router.url}/v1/chat/completions "
+            "-H 'Content-Type: application/json' "
+            """-d '{"model":"default","messages":[{"role":"user","content":"hi"}]}'"""
+        )
+        console.print("Ctrl-C stops everything.")
+        while not stop.is_set():
+            dead = [name for name, service in stack.services if not service.alive()]
+            if dead:
+                console.print(f"[red]stopped unexpectedly: {', '.join(dead)}; see the logs")
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        stack.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hotcold", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start every part with embedded defaults and stay up")
+    _add_stack_flags(up)
+    demo = commands.add_parser("demo", help="up + an IoT workload + a summary")
+    _add_stack_flags(demo)
+    demo.add_argument("--requests", type=int, default=600)
+    demo.add_argument("--concurrency", type=int, default=8)
+    bench = commands.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS))
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own flags")
+    args = parser.parse_args(argv)
+
+    if args.command == "up":
+        asyncio.run(_up(_stack_options(args)))
+        return 0
+    if args.command == "demo":
+        from hotcold import demo as demo_module
+
+        return demo_module.main(
+            make_console(), args.requests, args.concurrency, _stack_options(args)
+        )
+    module = __import__(BENCHMARKS[args.name], fromlist=["main"])
+    return int(module.main(args.rest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""``hotcold demo``: bring the system up, drive an IoT workload through it, show a summary."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hotcold.loadgen import Job, LoadResult, Sample, percentile, run_load
+from hotcold.stack import Stack, StackOptions
+from hotcold.workload import iot_workload
+
+
+async def run_demo(
+    console: Console, requests: int, concurrency: int, options: StackOptions
+) -> tuple[Stack, LoadResult]:
+    stack = Stack(options)
+    with console.status("starting the cloud stubs and the router..."):
+        try:
+            await stack.start()
+        except Exception:
+            stack.stop()
+            raise
+    _show_services(console, stack)
+    jobs = [
+        Job(item.path, orjson.dumps(item.body), (("X-Tenant", item.tenant),))
+        for item in iot_workload(requests)
+    ]
+    assert stack.router is not None
+    columns = (
+        TextColumn("[bold]IoT workload"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[mix]}"),
+        TimeElapsedColumn(),
+    )
+    counts: dict[str, int] = defaultdict(int)
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("workload", total=len(jobs), mix="")
+
+        def answered(sample: Sample) -> None:
+            counts[sample.served_by] += 1
+            mix = "  ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
+            progress.update(task, advance=1, mix=mix)
+
+        result = await run_load(stack.router.url, jobs, concurrency, on_answer=answered)
+    return stack, result
+
+
+def _show_services(console: Console, stack: Stack) -> None:
+    table = Table(title="hotcold is up", show_header=True)
+    table.add_column("service")
+    table.add_column("address")
+    table.add_column("log")
+    for name, service in stack.services:
+        table.add_row(name, service.url, str(service.log_path or "-"))
+    console.print(table)
+
+
+def summary_table(result: LoadResult) -> Table:
+    table = Table(
+        title=f"{result.answered} requests in {result.wall_s:.1f} s "
+        f"({result.throughput:.0f} req/s), {result.failed} failed"
+    )
+    for name in ("route", "served by", "cache", "requests", "share", "p50", "p99"):
+        table.add_column(
+            name, justify="right" if name in ("requests", "share", "p50", "p99") else "left"
+        )
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for sample in result.samples:
+        groups[(sample.route, sample.served_by, sample.cache)].append(sample.latency_s)
+    for (route, served_by, cache), latencies in sorted(groups.items()):
+        table.add_row(
+            route,
+            served_by,
+            cache,
+            str(len(latencies)),
+            f"{len(latencies) / max(1, result.answered):.0%}",
+            f"{percentile(latencies, 50) * 1000:.1f} ms",
+            f"{percentile(latencies, 99) * 1000:.1f} ms",
+        )
+    return table
+
+
+def main(console: Console, requests: int, concurrency: int, options: StackOptions) -> int:
+    stack, result = None, None
+    try:
+        stack, result = asyncio.run(run_demo(console, requests, concurrency, options))
+    finally:
+        if stack is not None:
+            stack.stop()
+    console.print(summary_table(result))
+    by_route = result.count_by("route")
+    edge = sum(1 for s in result.samples if s.served_by in ("cache", "edge"))
+    console.print(
+        f"hot: {by_route.get('hot', 0)}  cold: {by_route.get('cold', 0)}  "
+        f"answered at the edge: {edge / max(1, result.answered):.0%}  "
+        f"errors: {result.failed}"
+    )
+    return 0 if result.failed == 0 else 1

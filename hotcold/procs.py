@@ -1,0 +1,143 @@
+"""Start the services as child processes and know when they are ready.
+
+Used by ``hotcold up``/``demo``, the benchmarks and the tests that need a server they can
+kill with SIGKILL like a machine dying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServiceStartError(RuntimeError):
+    pass
+
+
+async def is_up(url: str, timeout_s: float = 0.5) -> bool:
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                url + "/healthz", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response,
+        ):
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+class ServiceProcess:
+    """``python -m <module> --port <port> <args>`` as a child process."""
+
+    def __init__(
+        self,
+        module: str,
+        port: int,
+        *args: str,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.module = module
+        self.port = port
+        self.args = args
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_handle: object | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        output = subprocess.DEVNULL
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self._log_handle = output
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, "--port", str(self.port), *self.args],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT if self.log_path else subprocess.PIPE,
+        )
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not await is_up(self.url):
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise ServiceStartError(
+                    f"{self.module} exited with {self.proc.returncode}: {self._tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ServiceStartError(f"{self.module} not ready on {self.url} in {timeout_s}s")
+            await asyncio.sleep(0.05)
+
+    async def started(self, timeout_s: float = 30.0) -> ServiceProcess:
+        self.start()
+        await self.wait_ready(timeout_s)
+        return self
+
+    def _tail(self) -> str:
+        if self.log_path is not None and self.log_path.exists():
+            return self.log_path.read_text(errors="replace")[-2000:]
+        if self.proc is not None and self.proc.stderr is not None:
+            return self.proc.stderr.read().decode(errors="replace")[-2000:]
+        return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, like a machine losing power."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM and wait: a graceful stop. Returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate(10)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+        if self._log_handle is not None:
+            self._log_handle.close()  # type: ignore[attr-defined]
+            self._log_handle = None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used (Linux /proc)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def rss_bytes(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
