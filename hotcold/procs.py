@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 
@@ -54,7 +55,7 @@ class ServiceProcess:
         self.log_path = log_path
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log_handle: object | None = None
+        self._log_handle: IO[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -62,7 +63,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        output = subprocess.DEVNULL
+        output: int | IO[bytes] = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             output = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -125,7 +126,7 @@ class ServiceProcess:
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
         if self._log_handle is not None:
-            self._log_handle.close()  # type: ignore[attr-defined]
+            self._log_handle.close()
             self._log_handle = None
 
     def cpu_seconds(self) -> float:
