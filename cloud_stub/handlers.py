@@ -126,8 +126,9 @@ async def _stream(
     prompt_tokens: int,
     state: StubState,
     extra_delay_s: float,
+    queue_ms: str,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    response = web.StreamResponse(headers={**SSE_HEADERS, "X-Queue-Ms": queue_ms})
     await response.prepare(http_request)
     created = int(time.time())
     chat = request.kind == "chat"
@@ -184,6 +185,7 @@ async def _complete(http_request: web.Request, request: InferenceRequest) -> web
     answer = _answer_for(request, state.config, state.rng)
     prompt_tokens = count_prompt_tokens(request.prompt_text())
     extra_delay_s = state.faults.rates.slow_ms / 1000.0 if fault is Fault.SLOW else 0.0
+    queued_at = time.monotonic()
     try:
         await state.admission.acquire()
     except QueueFull as exc:
@@ -191,16 +193,21 @@ async def _complete(http_request: web.Request, request: InferenceRequest) -> web
         raise ServiceUnavailable(
             f"server is full: {exc}", code="queue_full", retry_after_s=1.0
         ) from exc
+    queue_ms = f"{(time.monotonic() - queued_at) * 1000:.1f}"
     try:
         if request.stream:
             response = await _stream(
-                http_request, request, answer, prompt_tokens, state, extra_delay_s
+                http_request, request, answer, prompt_tokens, state, extra_delay_s, queue_ms
             )
         else:
             await asyncio.sleep(
                 extra_delay_s + state.latency.total_s(len(answer.tokens), state.rng)
             )
-            response = respond(http_request, _completion_document(request, answer, prompt_tokens))
+            response = respond(
+                http_request,
+                _completion_document(request, answer, prompt_tokens),
+                headers={"X-Queue-Ms": queue_ms},
+            )
     except (asyncio.CancelledError, ConnectionResetError):
         state.metrics.cancelled.inc()
         state.metrics.requests.labels(path, "cancelled").inc()

@@ -28,6 +28,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a cloud GPU server (repeat for a pool); replaces the file's list",
     )
     parser.add_argument(
+        "--edge-endpoint",
+        metavar="URL",
+        help="the edge node (any OpenAI-compatible server) that computes hot misses",
+    )
+    parser.add_argument("--cache-entries", type=int, help="response cache size, in entries")
+    parser.add_argument(
         "--admin-token", help="bearer token of the admin API (or HOTCOLD_ADMIN_TOKEN)"
     )
     parser.add_argument("--log-level")
@@ -48,6 +54,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     put("server", "host", args.host)
     put("server", "port", args.port)
     put("cloud", "endpoints", args.cloud_endpoints)
+    put("edge", "endpoints", [args.edge_endpoint] if args.edge_endpoint else None)
+    put("cache", "entries", args.cache_entries)
     put("admin", "token", args.admin_token)
     put("logging", "level", args.log_level)
     put("logging", "json_lines", args.json_logs)

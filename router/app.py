@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
 from hotcold.http import MAX_BODY_BYTES, error_middleware
+from router.admin import POLICY_STATE, PolicyState, get_policy
+from router.app_keys import CLOCK_KEY, CONFIG_KEY
+from router.cache import ResponseCache
+from router.classify import Classifier, PinRule
 from router.clock import Clock, MonotonicClock
 from router.config import RouterConfig
 from router.dispatch import Dispatcher
 from router.handlers import (
     CLOUD,
     DISPATCHER,
+    EDGE,
     MODELS_CACHE,
     SESSION,
     chat_completions,
@@ -31,14 +37,56 @@ from router.handlers import (
 )
 from router.metrics import RouterMetrics
 from router.middlewares import METRICS, context_middleware
+from router.sketch import FrequencySketch, ceil_power_of_two
+from router.threshold import ThresholdController, ThresholdParams
 from router.upstream import UpstreamPool
 
-CONFIG = web.AppKey("config", RouterConfig)
-CLOCK = web.AppKey("clock", Clock)
+CONFIG = CONFIG_KEY
+CLOCK = CLOCK_KEY
+
+
+def build_policy(config: RouterConfig, clock: Clock) -> tuple[Classifier, ResponseCache]:
+    """The hot/cold machinery: one sketch shared by classification and cache admission."""
+    entries = config.cache.entries
+    sketch_config = config.policy.sketch
+    width = sketch_config.width or max(1024, 4 * ceil_power_of_two(entries))
+    sketch = FrequencySketch(
+        width, sketch_config.window_factor * entries, doorkeeper=sketch_config.doorkeeper
+    )
+    threshold = config.policy.threshold
+    capacity = config.policy.capacity
+    controller = ThresholdController(
+        ThresholdParams(
+            initial=threshold.initial,
+            minimum=threshold.min,
+            maximum=threshold.max,
+            history_weight=threshold.history_weight,
+            control_interval_s=capacity.control_interval_s,
+            queue_delay_slo_ms=capacity.queue_delay_slo_ms,
+            target_fraction=capacity.target_fraction,
+            idle_fraction=capacity.idle_fraction,
+            raise_factor=capacity.raise_factor,
+            lower_factor=capacity.lower_factor,
+        ),
+        clock.now(),
+    )
+    pins = tuple(
+        PinRule(pin.route, pin.model, re.compile(pin.pattern) if pin.pattern else None)
+        for pin in config.policy.pins
+    )
+    cache = ResponseCache(
+        entries,
+        sketch,
+        max_bytes=config.cache.max_bytes,
+        max_entry_bytes=config.cache.max_entry_bytes,
+        policies=config.cache.policies,
+        initial_policy=config.cache.initial_policy,
+    )
+    return Classifier(sketch, controller, pins), cache
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
-    """The HTTP client session (keep-alive pool), the cloud pool and its prober."""
+    """The HTTP client session (keep-alive pool), the pools, their probers, the dispatcher."""
     config = app[CONFIG]
     connector = aiohttp.TCPConnector(
         limit=config.cloud.max_connections,
@@ -52,16 +100,34 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         "cloud", config.cloud, session, app[CLOCK], observer=metrics.observe_attempt
     )
     metrics.watch_pool(cloud)
+    edge = None
+    if config.edge.endpoints:
+        edge = UpstreamPool(
+            "edge", config.edge, session, app[CLOCK], observer=metrics.observe_attempt
+        )
+        metrics.watch_pool(edge)
+    classifier, cache = build_policy(config, app[CLOCK])
+    dispatcher = Dispatcher(config, cloud, edge, classifier, cache, metrics, app[CLOCK])
+    state = PolicyState(config, classifier, cache, dispatcher, edge)
+    metrics.watch_policy(lambda: state)
     app[SESSION] = session
     app[CLOUD] = cloud
-    app[DISPATCHER] = Dispatcher(config, cloud, metrics, app[CLOCK])
-    prober = asyncio.create_task(cloud.run_prober(), name="cloud-prober")
+    app[EDGE] = edge
+    app[DISPATCHER] = dispatcher
+    app[POLICY_STATE] = state
+    probers = [
+        asyncio.create_task(pool.run_prober(), name=f"{pool.name}-prober")
+        for pool in (cloud, edge)
+        if pool is not None
+    ]
     try:
         yield
     finally:
-        prober.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await prober
+        for prober in probers:
+            prober.cancel()
+        for prober in probers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober
         await session.close()
 
 
@@ -82,4 +148,5 @@ def create_app(config: RouterConfig, *, clock: Clock | None = None) -> web.Appli
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/policy", get_policy)
     return app

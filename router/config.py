@@ -9,12 +9,20 @@ the key and the value.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from router.errors import ConfigError
 
@@ -78,6 +86,86 @@ class PoolConfig(_Frozen):
         return urls
 
 
+class EdgeConfig(PoolConfig):
+    """The edge node(s): an upstream pool that takes hot misses."""
+
+    max_attempts: int = Field(default=1, ge=1, le=10)
+    timeout_s: float = Field(default=15.0, gt=0)
+    max_inflight: int = Field(default=32, ge=1)
+
+
+class ThresholdConfig(_Frozen):
+    initial: float = Field(default=2.0, gt=0)
+    min: float = Field(default=2.0, gt=0)
+    max: float = Field(default=17.0, gt=0)
+    history_weight: float = Field(default=0.7, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThresholdConfig:
+        if not self.min <= self.initial <= self.max:
+            raise ValueError(
+                f"need min <= initial <= max, got {self.min}, {self.initial}, {self.max}"
+            )
+        return self
+
+
+class CapacityConfig(_Frozen):
+    queue_delay_slo_ms: float = Field(default=250.0, gt=0)
+    control_interval_s: float = Field(default=1.0, gt=0)
+    target_fraction: float = Field(default=0.5, gt=0, le=1)
+    idle_fraction: float = Field(default=0.25, gt=0, lt=1)
+    raise_factor: float = Field(default=1.3, gt=1)
+    lower_factor: float = Field(default=0.97, gt=0, lt=1)
+
+
+class SketchConfig(_Frozen):
+    width: int = Field(default=0, ge=0)
+    window_factor: int = Field(default=10, ge=1)
+    doorkeeper: bool = True
+
+
+class PinConfig(_Frozen):
+    route: Literal["hot", "cold"]
+    model: str | None = None
+    pattern: str | None = Field(default=None, max_length=512)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class PolicyConfig(_Frozen):
+    threshold: ThresholdConfig = ThresholdConfig()
+    capacity: CapacityConfig = CapacityConfig()
+    sketch: SketchConfig = SketchConfig()
+    pins: tuple[PinConfig, ...] = ()
+
+
+class CacheConfig(_Frozen):
+    entries: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=64 * MiB, ge=1024)
+    max_entry_bytes: int = Field(default=1 * MiB, ge=64)
+    ttl_s: float = Field(default=3600.0, gt=0)
+    policies: tuple[str, ...] = ("w-tinylfu", "w-tinylfu-long", "s3-fifo", "s3-fifo-2", "arc")
+    initial_policy: str = "s3-fifo"
+
+    @model_validator(mode="after")
+    def _known_policies(self) -> CacheConfig:
+        known = {"w-tinylfu", "w-tinylfu-long", "s3-fifo", "s3-fifo-2", "arc"}
+        unknown = set(self.policies) - known
+        if unknown or not self.policies:
+            raise ValueError(f"policies must be a non-empty subset of {sorted(known)}")
+        if self.initial_policy not in self.policies:
+            raise ValueError(f"initial_policy {self.initial_policy!r} is not in policies")
+        return self
+
+
 class AdminConfig(_Frozen):
     token: str | None = Field(default=None, min_length=16)
 
@@ -90,6 +178,9 @@ class LoggingConfig(_Frozen):
 class RouterConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     cloud: PoolConfig = PoolConfig(endpoints=("http://127.0.0.1:9001",))
+    edge: EdgeConfig = EdgeConfig()
+    policy: PolicyConfig = PolicyConfig()
+    cache: CacheConfig = CacheConfig()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -99,10 +190,12 @@ ENVIRONMENT = {
     "HOTCOLD_HOST": ("server", "host"),
     "HOTCOLD_PORT": ("server", "port"),
     "HOTCOLD_CLOUD_ENDPOINTS": ("cloud", "endpoints"),
+    "HOTCOLD_EDGE_ENDPOINT": ("edge", "endpoints"),
+    "HOTCOLD_CACHE_ENTRIES": ("cache", "entries"),
     "HOTCOLD_ADMIN_TOKEN": ("admin", "token"),
     "HOTCOLD_LOG_LEVEL": ("logging", "level"),
 }
-_LIST_KEYS = {("cloud", "endpoints")}
+_LIST_KEYS = {("cloud", "endpoints"), ("edge", "endpoints")}
 
 
 def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

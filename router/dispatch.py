@@ -1,40 +1,60 @@
-"""Per request: decide where it goes, get the answer, and hand it back with the route headers.
+"""Per request: classify, answer from the cache, the edge node or the cloud, and keep the answer.
 
-Every answer carries ``X-Route`` (hot|cold), ``X-Cache`` (hit|miss|bypass) and ``X-Served-By``
-(cache|edge|cloud; ``router`` when the router itself answered with an error).
+The flow::
+
+    key = tenant + model + canonical request           (router.keys)
+    classification = pins, then frequency vs threshold (router.classify; counts every request)
+    deterministic and not opted out?  cache hit  ──► X-Route: hot, X-Served-By: cache
+    identical miss already in flight? wait for it   (single-flight)
+    hot and the edge node can take it ──► edge;  it fails or is full ──► cloud (still hot)
+    cold ──► cloud
+    deterministic hot answer ──► offered to the cache (its admission decides); cold answers
+                                 are never cached, so one-offs cannot displace the hot set
+
+Every answer carries ``X-Route`` (hot|cold), ``X-Cache`` (hit|miss|bypass) and
+``X-Served-By`` (cache|edge|cloud; ``router`` when the router answered an error itself).
+A hot request is never failed because the edge is down or busy while the cloud can answer.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from hotcold.wire import (
-    ApiError,
-    InferenceRequest,
-    encode_body,
-    error_body,
-    sse_event,
-    wants_msgpack,
+from hotcold.wire import ApiError, BadRequest, InferenceRequest, error_body, sse_event
+from hotcold.wire.sse import SSE_HEADERS, iter_sse_events
+from router.answers import (
+    CachedAnswer,
+    StreamCapture,
+    error_response,
+    plain_response,
+    replay_events,
 )
-from hotcold.wire.sse import SSE_HEADERS
+from router.cache import ResponseCache
+from router.classify import Classification, Classifier
 from router.clock import Clock
 from router.config import RouterConfig
+from router.keys import request_key
 from router.metrics import RouterMetrics
+from router.singleflight import SingleFlight
 from router.upstream import StreamBroken, UpstreamPool, UpstreamReply
 
 log = logging.getLogger("hotcold.dispatch")
+
+DEFAULT_TENANT = "default"
+_TENANT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     route: str  # "hot" | "cold"
     cache: str  # "hit" | "miss" | "bypass"
-    served_by: str  # "cache" | "edge" | "cloud"
+    served_by: str  # "cache" | "edge" | "cloud" | "router"
 
     def headers(self) -> dict[str, str]:
         return {"X-Route": self.route, "X-Cache": self.cache, "X-Served-By": self.served_by}
@@ -42,102 +62,244 @@ class Decision:
 
 REQUEST_ID = web.RequestKey("request_id", str)
 DECISION = web.RequestKey("decision", Decision)
+TENANT = web.RequestKey("tenant", str)
+
+
+def tenant_of(http: web.Request) -> str:
+    """The request's tenant: set by authentication when configured, else the X-Tenant header."""
+    tenant = http.get(TENANT)
+    if tenant:
+        return str(tenant)
+    offered = http.headers.get("X-Tenant")
+    if offered is None:
+        return DEFAULT_TENANT
+    if not _TENANT.match(offered):
+        raise BadRequest(
+            "X-Tenant must be 1-64 characters of letters, digits, '.', '_', '-'",
+            code="bad_tenant",
+            param="X-Tenant",
+        )
+    return offered
+
+
+def cache_modes(request: InferenceRequest, cache_control: str | None) -> tuple[bool, bool]:
+    """(may read the cache, may write it): only deterministic requests, and the client may
+    opt out: ``no-cache`` skips the lookup (a fresh answer, which is still stored),
+    ``no-store`` skips both."""
+    if not request.params.is_deterministic():
+        return False, False
+    directives = {part.strip().lower() for part in (cache_control or "").split(",")}
+    if "no-store" in directives:
+        return False, False
+    return "no-cache" not in directives, True
 
 
 class Dispatcher:
     def __init__(
-        self, config: RouterConfig, cloud: UpstreamPool, metrics: RouterMetrics, clock: Clock
+        self,
+        config: RouterConfig,
+        cloud: UpstreamPool,
+        edge: UpstreamPool | None,
+        classifier: Classifier,
+        cache: ResponseCache,
+        metrics: RouterMetrics,
+        clock: Clock,
     ) -> None:
         self._config = config
         self._cloud = cloud
+        self._edge = edge
+        self._classifier = classifier
+        self._cache = cache
         self._metrics = metrics
         self._clock = clock
+        self.flights: SingleFlight[CachedAnswer] = SingleFlight()
+
+    def edge_can_take(self) -> bool:
+        edge = self._edge
+        return (
+            edge is not None
+            and edge.outstanding < self._config.edge.max_inflight
+            and edge.available()
+        )
 
     async def serve(self, http: web.Request, request: InferenceRequest) -> web.StreamResponse:
-        decision = Decision(route="cold", cache="bypass", served_by="cloud")
-        http[DECISION] = decision
-        deadline_at = self._clock.now() + self._config.server.request_deadline_s
-        body = orjson.dumps(request.body)
-        headers = {"X-Request-Id": http.get(REQUEST_ID, "")}
+        now = self._clock.now()
+        tenant = tenant_of(http)
+        key = request_key(tenant, request)
+        verdict = self._classifier.classify(
+            key.fingerprint, request.params.model, request.prompt_text(), now
+        )
+        read, write = cache_modes(request, http.headers.get("Cache-Control"))
+        deadline_at = now + self._config.server.request_deadline_s
+        if read:
+            cached = self._cache.get(key.fingerprint, now, tenant)
+            if cached is not None:
+                return self._from_cache(http, request, cached, Decision("hot", "hit", "cache"))
+        label = "miss" if read else "bypass"
+        leading = False
+        if read and write:
+            flight = self.flights.join(key.fingerprint)
+            if flight is None:
+                leading = True
+            else:
+                shared = await SingleFlight.wait(flight, deadline_at - self._clock.now())
+                if shared is not None:
+                    decision = Decision(verdict.route, "miss", shared.produced_by)
+                    response = self._from_cache(http, request, shared, decision)
+                    response.headers["X-Coalesced"] = "true"
+                    return response
+        answer: CachedAnswer | None = None
         try:
-            if request.stream:
-                return await self._stream(http, request, decision, body, deadline_at, headers)
-            reply = await self._cloud.complete(request.path, body, deadline_at, headers)
+            response, answer = await self._compute(http, request, verdict, label, deadline_at)
+        finally:
+            if leading:
+                self.flights.finish(key.fingerprint, answer)
+        # Only hot answers are kept: the cache is the hot store, so a one-off (cold) request
+        # can never displace what recurs, whatever eviction policy is active.
+        if answer is not None and write and verdict.route == "hot":
+            self._cache.put(
+                key.fingerprint,
+                answer,
+                size=answer.size,
+                now=self._clock.now(),
+                ttl_s=self._config.cache.ttl_s,
+                tenant=tenant,
+            )
+        return response
+
+    def _from_cache(
+        self, http: web.Request, request: InferenceRequest, answer: CachedAnswer, decision: Decision
+    ) -> web.StreamResponse:
+        http[DECISION] = decision
+        headers = decision.headers()
+        if request.stream:
+            return web.Response(
+                body=b"".join(replay_events(answer, request)), headers={**SSE_HEADERS, **headers}
+            )
+        return plain_response(http, answer.document, answer.body, headers)
+
+    async def _compute(
+        self,
+        http: web.Request,
+        request: InferenceRequest,
+        verdict: Classification,
+        label: str,
+        deadline_at: float,
+    ) -> tuple[web.StreamResponse, CachedAnswer | None]:
+        document = request.body
+        if request.stream and not request.params.include_usage():
+            document = {**document, "stream_options": {"include_usage": True}}
+        body = orjson.dumps(document)
+        headers = {"X-Request-Id": http.get(REQUEST_ID, "")}
+        if verdict.route == "hot" and self._edge is not None:
+            if self.edge_can_take():
+                edge_deadline = min(deadline_at, self._clock.now() + self._config.edge.timeout_s)
+                decision = Decision("hot", label, "edge")
+                http[DECISION] = decision
+                try:
+                    return await self._from_pool(
+                        http, request, self._edge, decision, body, edge_deadline, headers
+                    )
+                except ApiError as exc:
+                    self._metrics.edge_fallbacks.labels("edge_failed").inc()
+                    log.info("edge could not answer (%s); serving from the cloud", exc.message)
+            else:
+                self._metrics.edge_fallbacks.labels("edge_busy_or_down").inc()
+        decision = Decision(verdict.route, label, "cloud")
+        http[DECISION] = decision
+        try:
+            return await self._from_pool(
+                http, request, self._cloud, decision, body, deadline_at, headers
+            )
         except ApiError:
-            # No upstream produced a body: the router answers the error itself.
             http[DECISION] = replace(decision, served_by="router")
             raise
+
+    async def _from_pool(
+        self,
+        http: web.Request,
+        request: InferenceRequest,
+        pool: UpstreamPool,
+        decision: Decision,
+        body: bytes,
+        deadline_at: float,
+        headers: dict[str, str],
+    ) -> tuple[web.StreamResponse, CachedAnswer | None]:
+        started = self._clock.now()
+        if request.stream:
+            upstream = await pool.open_stream(request.path, body, deadline_at, headers)
+            if isinstance(upstream, UpstreamReply):
+                return self._reply(http, upstream, decision)
+            self._observe_edge(decision, upstream.queue_ms, started)
+            return await self._relay(http, request, upstream, decision)
+        reply = await pool.complete(request.path, body, deadline_at, headers)
+        self._observe_edge(decision, reply.queue_ms, started)
         return self._reply(http, reply, decision)
 
-    def _reply(self, http: web.Request, reply: UpstreamReply, decision: Decision) -> web.Response:
+    def _observe_edge(self, decision: Decision, queue_ms: float | None, started: float) -> None:
+        """Feed the capacity loop: the edge's own queue report, else time to first byte."""
+        if decision.served_by != "edge":
+            return
+        if queue_ms is None:
+            queue_ms = (self._clock.now() - started) * 1000
+        self._classifier.controller.observe_queue_delay(queue_ms)
+
+    def _reply(
+        self, http: web.Request, reply: UpstreamReply, decision: Decision
+    ) -> tuple[web.Response, CachedAnswer | None]:
         headers = decision.headers()
         try:
             document: Any = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
             document = None
         if reply.status >= 400:
-            if not (isinstance(document, dict) and isinstance(document.get("error"), dict)):
-                document = error_body(
-                    f"upstream answered {reply.status}", "upstream_error", "upstream_error"
-                )
-            body, content_type = encode_body(document, as_msgpack=False)
-            response = web.Response(body=body, status=reply.status, headers=headers)
-            response.content_type = content_type
-            return response
+            return error_response(reply.status, document, headers), None
         if not isinstance(document, dict):
             log.warning("upstream %s sent a body that is not a JSON object", reply.endpoint)
-            document = error_body(
+            bad = error_body(
                 "upstream sent an unreadable answer", "upstream_error", "bad_upstream_answer"
             )
-            body, content_type = encode_body(document, as_msgpack=False)
-            response = web.Response(body=body, status=502, headers=headers)
-            response.content_type = content_type
-            return response
-        self._count_tokens(document, decision)
-        if wants_msgpack(http.headers.get("Accept")):
-            body, content_type = encode_body(document, as_msgpack=True)
-        else:
-            body, content_type = reply.body, "application/json"
-        response = web.Response(body=body, headers=headers)
-        response.content_type = content_type
-        return response
+            return error_response(502, bad, headers), None
+        self._count_tokens(document.get("usage"), decision.served_by)
+        answer = CachedAnswer(reply.body, document, decision.served_by)
+        return plain_response(http, document, reply.body, headers), answer
 
-    async def _stream(
+    async def _relay(
         self,
         http: web.Request,
         request: InferenceRequest,
+        upstream: Any,
         decision: Decision,
-        body: bytes,
-        deadline_at: float,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        upstream = await self._cloud.open_stream(request.path, body, deadline_at, headers)
-        if isinstance(upstream, UpstreamReply):
-            return self._reply(http, upstream, decision)
+    ) -> tuple[web.StreamResponse, CachedAnswer | None]:
+        capture = StreamCapture(request)
         response = web.StreamResponse(
             headers={**SSE_HEADERS, **decision.headers(), "X-Request-Id": http.get(REQUEST_ID, "")}
         )
         try:
             await response.prepare(http)
             try:
-                async for chunk in upstream.chunks(self._config.server.stream_idle_timeout_s):
-                    await response.write(chunk)
+                events = iter_sse_events(upstream.chunks(self._config.server.stream_idle_timeout_s))
+                async for event in events:
+                    relayed = capture.feed(event)
+                    if relayed is not None:
+                        await response.write(relayed)
             except StreamBroken as exc:
                 log.warning("stream from %s broke: %s", upstream.endpoint, exc)
+                capture.broken = True
                 await response.write(
                     sse_event(error_body(str(exc), "upstream_error", "stream_broken"))
                 )
             await response.write_eof()
         finally:
             upstream.close()  # no-op after a clean end; frees the upstream slot otherwise
-        return response
+        self._count_tokens(capture.usage, decision.served_by)
+        return response, capture.answer(decision.served_by)
 
-    def _count_tokens(self, document: dict[str, Any], decision: Decision) -> None:
-        usage = document.get("usage")
-        if isinstance(usage, dict):
-            prompt = usage.get("prompt_tokens")
-            completion = usage.get("completion_tokens")
-            if isinstance(prompt, int) and prompt >= 0:
-                self._metrics.tokens.labels("in", decision.served_by).inc(prompt)
-            if isinstance(completion, int) and completion >= 0:
-                self._metrics.tokens.labels("out", decision.served_by).inc(completion)
+    def _count_tokens(self, usage: Any, served_by: str) -> None:
+        if not isinstance(usage, dict):
+            return
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and prompt >= 0:
+            self._metrics.tokens.labels("in", served_by).inc(prompt)
+        if isinstance(completion, int) and completion >= 0:
+            self._metrics.tokens.labels("out", served_by).inc(completion)

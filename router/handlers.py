@@ -19,6 +19,7 @@ from router.upstream import UpstreamPool
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 CLOUD = web.AppKey("cloud_pool", UpstreamPool)
+EDGE = web.AppKey("edge_pool", object)  # UpstreamPool | None; read through edge_pool()
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 MODELS_CACHE = web.AppKey("models_cache", dict)
 MODELS_TTL_S = 30.0
@@ -70,16 +71,35 @@ async def healthz(request: web.Request) -> web.Response:
     return respond(request, {"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    pool = request.app[CLOUD]
+async def _pool_ready(pool: UpstreamPool) -> bool:
     try:
         async with asyncio.timeout(pool.config.health.probe_timeout_s + 1.0):
-            cloud_ready = await pool.check_ready()
+            return await pool.check_ready()
     except TimeoutError:
-        cloud_ready = False
-    document = {
+        return False
+
+
+def edge_pool(app: web.Application) -> UpstreamPool | None:
+    edge = app[EDGE]
+    return edge if isinstance(edge, UpstreamPool) else None
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the cloud pool can answer (every request can be served then); the edge
+    node's state is reported but does not decide: without it hot misses go to the cloud."""
+    cloud = request.app[CLOUD]
+    edge = edge_pool(request.app)
+    cloud_ready, edge_ready = await asyncio.gather(
+        _pool_ready(cloud), _pool_ready(edge) if edge is not None else asyncio.sleep(0, None)
+    )
+    document: dict[str, Any] = {
         "ready": cloud_ready,
-        "cloud": {"ready": cloud_ready, "endpoints": pool.snapshot()},
+        "cloud": {"ready": cloud_ready, "endpoints": cloud.snapshot()},
+        "edge": {
+            "configured": edge is not None,
+            "ready": bool(edge_ready),
+            "endpoints": edge.snapshot() if edge is not None else [],
+        },
     }
     return respond(request, document, status=200 if cloud_ready else 503)
 

@@ -7,12 +7,16 @@ at scrape time by a collector, so the request path never updates them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router.breaker import BreakerState
+from router.cache import ResponseCache
+from router.sketch import FrequencySketch
+from router.threshold import ThresholdController
 from router.upstream import UpstreamPool
 
 LATENCY_BUCKETS_S = (
@@ -67,6 +71,77 @@ class _PoolCollector(Collector):
         yield up
 
 
+class PolicyView(Protocol):
+    """What the policy collector reads at scrape time."""
+
+    @property
+    def cache(self) -> ResponseCache: ...
+    @property
+    def controller(self) -> ThresholdController: ...
+    @property
+    def sketch(self) -> FrequencySketch: ...
+    @property
+    def coalesced(self) -> int: ...
+
+
+class _PolicyCollector(Collector):
+    def __init__(self, view: Callable[[], PolicyView]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        view = self._view()
+        cache, controller = view.cache, view.controller
+        gauges = {
+            "hotcold_threshold": ("Current hot/cold frequency threshold.", controller.value),
+            "hotcold_threshold_min": ("Operator's lower bound.", controller.params.minimum),
+            "hotcold_threshold_max": ("Operator's upper bound.", controller.params.maximum),
+            "hotcold_threshold_baseline": (
+                "Traffic baseline of the threshold.",
+                controller.baseline,
+            ),
+            "hotcold_threshold_multiplier": ("Capacity loop's multiplier.", controller.multiplier),
+            "hotcold_cache_entries": ("Entries in the response cache.", len(cache)),
+            "hotcold_cache_max_entries": ("Entry bound of the cache.", cache.max_entries),
+            "hotcold_cache_bytes": ("Bytes of cached answers.", cache.bytes),
+            "hotcold_cache_hit_ratio": ("Hit ratio since start.", cache.stats.hit_ratio),
+            "hotcold_sketch_memory_bytes": ("Frequency sketch memory.", view.sketch.memory_bytes),
+        }
+        for name, (help_text, value) in gauges.items():
+            family = GaugeMetricFamily(name, help_text)
+            family.add_metric([], float(value))
+            yield family
+        if cache.max_bytes is not None:
+            family = GaugeMetricFamily("hotcold_cache_max_bytes", "Byte bound of the cache.")
+            family.add_metric([], float(cache.max_bytes))
+            yield family
+        policy = GaugeMetricFamily(
+            "hotcold_cache_policy", "Active eviction policy (1).", labels=["policy"]
+        )
+        policy.add_metric([cache.policy_name], 1.0)
+        yield policy
+        counters = {
+            "hotcold_cache_hits": ("Cache hits.", cache.stats.hits),
+            "hotcold_cache_misses": (
+                "Cache misses (lookups that found nothing).",
+                cache.stats.misses,
+            ),
+            "hotcold_cache_evictions": ("Entries evicted.", cache.stats.evictions),
+            "hotcold_cache_rejections": ("Answers refused by admission.", cache.stats.rejected),
+            "hotcold_cache_policy_switches": (
+                "Eviction policy changes.",
+                cache.stats.policy_switches,
+            ),
+            "hotcold_coalesced_requests": (
+                "Misses that waited for an identical one in flight.",
+                view.coalesced,
+            ),
+        }
+        for name, (help_text, value) in counters.items():
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], float(value))
+            yield counter
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -97,7 +172,16 @@ class RouterMetrics:
             ["direction", "served_by"],
             registry=self.registry,
         )
+        self.edge_fallbacks = Counter(
+            "hotcold_edge_fallbacks",
+            "Hot requests served by the cloud because the edge failed or was full or down.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(lambda: self._pools))
+
+    def watch_policy(self, view: Callable[[], PolicyView]) -> None:
+        self.registry.register(_PolicyCollector(view))
 
     def watch_pool(self, pool: UpstreamPool) -> None:
         self._pools.append(pool)

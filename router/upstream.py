@@ -107,6 +107,7 @@ class UpstreamReply:
     content_type: str
     endpoint: str
     attempts: int
+    queue_ms: float | None = None  # the server's own report of its queue wait (X-Queue-Ms)
 
 
 class UpstreamStream:
@@ -122,6 +123,7 @@ class UpstreamStream:
     ) -> None:
         self.endpoint = endpoint.url
         self.attempts = attempts
+        self.queue_ms = _queue_ms(response)
         self._pool = pool
         self._endpoint = endpoint
         self._response = response
@@ -217,6 +219,10 @@ class UpstreamPool:
 
     def available(self) -> bool:
         return self.pick(set()) is not None
+
+    @property
+    def outstanding(self) -> int:
+        return sum(endpoint.outstanding for endpoint in self.endpoints)
 
     def seconds_until_available(self) -> float:
         now = self._clock.now()
@@ -342,7 +348,12 @@ class UpstreamPool:
                 endpoint.breaker.record_success()
                 outcome = "client_error"
             return UpstreamReply(
-                status, payload, response.content_type or "application/json", endpoint.url, attempt
+                status,
+                payload,
+                response.content_type or "application/json",
+                endpoint.url,
+                attempt,
+                _queue_ms(response),
             )
         except TimeoutError as exc:
             outcome = "timeout"
@@ -432,6 +443,16 @@ class UpstreamPool:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [endpoint.snapshot() for endpoint in self.endpoints]
+
+
+def _queue_ms(response: aiohttp.ClientResponse) -> float | None:
+    raw = response.headers.get("X-Queue-Ms")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float:

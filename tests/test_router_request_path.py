@@ -14,7 +14,8 @@ from cloud_stub.handlers import STATE
 from tests.conftest import RouterFactory, StubFactory
 from tests.support import metric, scrape, wait_for
 
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "ping"}], "temperature": 0}
+# Sampled (not cacheable): these tests exercise the cloud pool, not the cache.
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "ping"}], "temperature": 0.7}
 
 
 async def test_openai_sdk_chat_and_completions_plain_and_streamed(
