@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import lzma
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,23 +84,37 @@ REAL_TRACES = {
 }
 
 
+SYNTHETIC = ("zipf-0.8", "zipf-1.0", "zipf-1.2", "zipf-1.0-shifting", "scan-50%")
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """A workload by name: cheap to pass to worker processes, built where it is used."""
+
+    name: str
+    directory: Path
+    synthetic_requests: int
+
+    def load(self) -> Workload:
+        requests = self.synthetic_requests
+        if self.name.startswith("zipf-") and not self.name.endswith("shifting"):
+            return zipf(float(self.name.split("-")[1]), requests)
+        if self.name == "zipf-1.0-shifting":
+            return shifting(requests, every=max(1, requests // 5))
+        if self.name == "scan-50%":
+            return scan_polluted(requests)
+        file, dtype = REAL_TRACES[self.name]
+        return trace(self.directory / file, dtype, self.name)
+
+
 def all_workloads(
-    directory: Path,
-    synthetic_requests: int,
-    include: set[str] | None,
-) -> list[Callable[[], Workload]]:
-    makers: list[tuple[str, Callable[[], Workload]]] = [
-        ("zipf-0.8", lambda: zipf(0.8, synthetic_requests)),
-        ("zipf-1.0", lambda: zipf(1.0, synthetic_requests)),
-        ("zipf-1.2", lambda: zipf(1.2, synthetic_requests)),
-        (
-            "zipf-1.0-shifting",
-            lambda: shifting(synthetic_requests, every=max(1, synthetic_requests // 5)),
-        ),
-        ("scan-50%", lambda: scan_polluted(synthetic_requests)),
+    directory: Path, synthetic_requests: int, include: set[str] | None
+) -> list[WorkloadSpec]:
+    names = list(SYNTHETIC) + [
+        name for name, (file, _) in REAL_TRACES.items() if (directory / file).exists()
     ]
-    for name, (file, dtype) in REAL_TRACES.items():
-        path = directory / file
-        if path.exists():
-            makers.append((name, lambda p=path, d=dtype, n=name: trace(p, d, n)))
-    return [maker for name, maker in makers if include is None or name in include]
+    return [
+        WorkloadSpec(name, directory, synthetic_requests)
+        for name in names
+        if include is None or name in include
+    ]

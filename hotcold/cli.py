@@ -14,6 +14,7 @@ from hotcold.stack import ROUTER_PORT, Stack, StackOptions
 
 BENCHMARKS = {
     "proxy": "bench.proxy",
+    "policy": "bench.policy",
 }
 
 
