@@ -15,14 +15,24 @@ from tests.support import metric, scrape, wait_for
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "m", "messages": [{"role": "user", "content": text}], "temperature": 0,
-            "max_tokens": 8, **extra}
+    return {
+        "model": "m",
+        "messages": [{"role": "user", "content": text}],
+        "temperature": 0,
+        "max_tokens": 8,
+        **extra,
+    }
 
 
-async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    async with session.post(url + "/v1/chat/completions", json=body,
-                            headers=headers or {}) as response:
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    async with session.post(
+        url + "/v1/chat/completions", json=body, headers=headers or {}
+    ) as response:
         return response.status, dict(response.headers), await response.read()
 
 
@@ -34,7 +44,7 @@ async def test_recurring_request_turns_hot_and_is_served_from_cache(
     routes = []
     async with aiohttp.ClientSession() as session:
         for _ in range(4):
-            status, headers, body = await post(session, front.url, chat("sensor 7 status?"))
+            status, headers, _ = await post(session, front.url, chat("sensor 7 status?"))
             assert status == 200
             routes.append((headers["X-Route"], headers["X-Cache"], headers["X-Served-By"]))
     # First sighting: cold (the cloud answers, nothing is kept). Second: hot, computed at the
@@ -75,8 +85,7 @@ async def test_no_cross_tenant_cache_hits(stub: StubFactory, router: RouterFacto
             await post(session, front.url, body, {"X-Tenant": "acme"})
         _, headers, _ = await post(session, front.url, body, {"X-Tenant": "acme"})
         assert headers["X-Cache"] == "hit"
-        globex = [await post(session, front.url, body, {"X-Tenant": "globex"})
-                  for _ in range(2)]
+        globex = [await post(session, front.url, body, {"X-Tenant": "globex"}) for _ in range(2)]
         assert [h["X-Cache"] for _, h, _ in globex] == ["miss", "miss"]
         assert all(h["X-Served-By"] != "cache" for _, h, _ in globex)
         status, headers, _ = await post(session, front.url, body, {"X-Tenant": "bad tenant!"})
@@ -93,8 +102,9 @@ async def test_sampled_and_opted_out_requests_bypass_the_cache(
             assert headers["X-Cache"] == "bypass" and headers["X-Served-By"] != "cache"
         for _ in range(3):
             await post(session, front.url, chat("cached unless asked"))
-        _, headers, _ = await post(session, front.url, chat("cached unless asked"),
-                                   {"Cache-Control": "no-cache"})
+        _, headers, _ = await post(
+            session, front.url, chat("cached unless asked"), {"Cache-Control": "no-cache"}
+        )
         assert headers["X-Cache"] == "bypass" and headers["X-Served-By"] != "cache"
         _, headers, _ = await post(session, front.url, chat("cached unless asked"))
         assert headers["X-Cache"] == "hit"
@@ -118,8 +128,9 @@ async def test_streamed_request_is_cached_and_replayed_as_sse(
             assert events[-1] == "[DONE]"
             chunks = [orjson.loads(e) for e in events[:-1]]
             assert all(c.get("choices") for c in chunks), "usage chunk leaked without asking"
-            texts.append(("".join(c["choices"][0]["delta"].get("content") or "" for c in chunks),
-                          source))
+            texts.append(
+                ("".join(c["choices"][0]["delta"].get("content") or "" for c in chunks), source)
+            )
         # the same request, not streamed, is a hit on the same entry
         _, headers, plain = await post(session, front.url, chat("stream me"))
     assert texts[2][1] == "cache"
@@ -132,8 +143,9 @@ async def test_concurrent_identical_misses_are_coalesced(
     stub: StubFactory, router: RouterFactory
 ) -> None:
     slow_cloud = await stub(ttft_ms=300)
-    front = await router([slow_cloud.url], cache={"entries": 64},
-                         policy={"threshold": {"initial": 2.0, "min": 2.0}})
+    front = await router(
+        [slow_cloud.url], cache={"entries": 64}, policy={"threshold": {"initial": 2.0, "min": 2.0}}
+    )
     body = chat("same question, many devices")
     async with aiohttp.ClientSession() as session:
         await post(session, front.url, body)  # first sighting: cold, not kept
@@ -151,8 +163,7 @@ async def test_hot_requests_go_to_the_cloud_when_the_edge_is_down(
 ) -> None:
     cloud = await stub()
     dead_edge = processes("cloud_stub")  # never started: connection refused
-    front = await router([cloud.url], edge={"endpoints": [dead_edge.url]},
-                         cache={"entries": 64})
+    front = await router([cloud.url], edge={"endpoints": [dead_edge.url]}, cache={"entries": 64})
     async with aiohttp.ClientSession() as session:
         for index in range(6):
             body = chat(f"hot {index % 2}", temperature=0.5)  # recurring but not cacheable
@@ -172,8 +183,9 @@ async def test_admin_policy_shows_threshold_and_reason(
     async with aiohttp.ClientSession() as session:
         async with session.get(front.url + "/admin/policy") as response:
             assert response.status == 401
-        async with session.get(front.url + "/admin/policy",
-                               headers={"Authorization": f"Bearer {token}"}) as response:
+        async with session.get(
+            front.url + "/admin/policy", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
             assert response.status == 200
             document = await response.json()
     assert document["threshold"]["value"] >= 2
@@ -190,11 +202,17 @@ async def test_threshold_rises_when_a_real_edge_is_overloaded(
     cloud = await stub(ttft_ms=5, max_concurrency=256)
     edge = await stub(ttft_ms=40, tpot_ms=0, max_concurrency=1, max_queue=1000)
     front = await router(
-        [cloud.url], edge={"endpoints": [edge.url], "max_inflight": 1000},
+        [cloud.url],
+        edge={"endpoints": [edge.url], "max_inflight": 1000},
         cache={"entries": 64},
-        policy={"capacity": {"queue_delay_slo_ms": 100, "control_interval_s": 0.25,
-                             "lower_factor": 0.8},
-                "threshold": {"initial": 2.0}},
+        policy={
+            "capacity": {
+                "queue_delay_slo_ms": 100,
+                "control_interval_s": 0.25,
+                "lower_factor": 0.8,
+            },
+            "threshold": {"initial": 2.0},
+        },
     )
     admin = f"{front.url}/admin/policy"
 

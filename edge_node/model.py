@@ -1,0 +1,89 @@
+"""Loading the model in 4 bits (bitsandbytes NF4) on CUDA, or on the CPU when there is none."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from edge_node.memory import MemoryEstimate, check_fits, estimate
+
+log = logging.getLogger("hotcold.edge.model")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    name: str
+    device: str
+    quantization: str  # "nf4" or "none"
+    footprint_bytes: int
+    estimate: MemoryEstimate
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return requested
+
+
+def load(
+    path: Path,
+    *,
+    device: str = "auto",
+    quantize: bool = True,
+    compute_dtype: str = "bfloat16",
+    double_quant: bool = False,
+    max_batch: int = 16,
+    max_context: int = 2048,
+) -> LoadedModel:
+    device = pick_device(device)
+    config = AutoConfig.from_pretrained(path)
+    needed = estimate(config, max_batch, max_context, quantized=quantize, double_quant=double_quant)
+    check_fits(needed, device, max_batch, max_context)
+    log.info(
+        "loading %s on %s (%s); estimate: %s",
+        path.name,
+        device,
+        "nf4" if quantize else compute_dtype,
+        needed.describe(),
+    )
+    dtype = _DTYPES[compute_dtype]
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device}
+    if quantize:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=double_quant,
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    return LoadedModel(
+        model,
+        tokenizer,
+        path.name,
+        device,
+        "nf4" if quantize else "none",
+        int(model.get_memory_footprint()),
+        needed,
+    )
+
+
+def linear_module_types(model: Any) -> set[str]:
+    """The class names of the model's linear layers (``Linear4bit`` when quantized)."""
+    return {
+        type(module).__name__
+        for module in model.modules()
+        if "Linear" in type(module).__name__ and module is not model
+    }

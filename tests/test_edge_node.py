@@ -1,0 +1,197 @@
+"""The edge node on a tiny NF4 model: 4-bit layers, batching, streaming, stops, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("bitsandbytes")
+
+from edge_node.app import create_app
+from edge_node.config import EdgeNodeConfig
+from edge_node.handlers import STATE
+from edge_node.memory import DoesNotFit, check_fits, estimate
+from edge_node.model import LoadedModel, linear_module_types, load
+from hotcold.serving import Server
+from tests.edge_fixtures import build_tiny_model
+from tests.support import metric, scrape
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return load(folder, device="cpu", max_batch=8, max_context=256)
+
+
+@pytest.fixture
+async def node(tiny: LoadedModel) -> AsyncIterator[Server]:
+    config = EdgeNodeConfig(
+        max_batch=8,
+        batch_window_ms=50,
+        max_queue=64,
+        max_context=256,
+        default_max_tokens=8,
+        max_tokens_limit=64,
+    )
+    server = Server(create_app(config, tiny), "127.0.0.1", 0, shutdown_timeout_s=1)
+    await server.start()
+    yield server
+    await server.close()
+
+
+def chat(text: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": text}],
+        "temperature": 0,
+        **extra,
+    }
+
+
+def test_linear_layers_are_really_4_bit(tiny: LoadedModel) -> None:
+    types = linear_module_types(tiny.model)
+    assert "Linear4bit" in types
+    assert tiny.quantization == "nf4"
+    import bitsandbytes as bnb
+
+    quantized = [m for m in tiny.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
+    assert all(m.weight.quant_state.quant_type == "nf4" for m in quantized)
+
+
+def test_memory_estimate_and_fit_check(tiny: LoadedModel) -> None:
+    config = tiny.model.config
+    small = estimate(config, max_batch=1, max_context=128)
+    big = estimate(config, max_batch=64, max_context=4096)
+    assert big.kv_bytes > small.kv_bytes and big.weights_bytes == small.weights_bytes
+    full = estimate(config, 1, 128, quantized=False)
+    assert full.weights_bytes > small.weights_bytes
+    huge = estimate(config, max_batch=10**6, max_context=10**6)
+    with pytest.raises(DoesNotFit, match="max-batch"):
+        check_fits(huge, "cpu", 10**6, 10**6)
+
+
+async def test_health_and_models_report_quantization_and_footprint(node: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(node.url + "/healthz") as response:
+            health = await response.json()
+        async with session.get(node.url + "/v1/models") as response:
+            listing = await response.json()
+    assert health["quantization"] == "nf4" and health["footprint_bytes"] > 0
+    assert health["device"] == "cpu"
+    assert listing["data"][0]["quantization"] == "nf4"
+
+
+async def test_concurrent_requests_share_batches(node: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(index: int) -> dict[str, Any]:
+            body = chat(f"sensor {index % 3} status", max_tokens=6)
+            async with session.post(node.url + "/v1/chat/completions", json=body) as response:
+                assert response.status == 200
+                assert float(response.headers["X-Queue-Ms"]) >= 0
+                return await response.json()
+
+        answers = await asyncio.gather(*(one(i) for i in range(16)))
+    assert all(a["usage"]["completion_tokens"] <= 6 for a in answers)
+    samples = await scrape(node.url)
+    batches = metric(samples, "hotcold_edge_batch_size_count")
+    assert 1 <= batches < 16, "16 concurrent requests should have shared forward passes"
+
+
+async def test_streaming_and_text_completions(node: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            node.url + "/v1/chat/completions",
+            json=chat("hello", max_tokens=5, stream=True, stream_options={"include_usage": True}),
+        ) as response:
+            raw = (await response.read()).decode()
+        assert raw.rstrip().endswith("data: [DONE]")
+        assert '"usage"' in raw
+        async with session.post(
+            node.url + "/v1/completions",
+            json={
+                "model": "t",
+                "prompt": "hello world",
+                "max_tokens": 4,
+                "temperature": 0.7,
+                "seed": 3,
+            },
+        ) as response:
+            assert response.status == 200
+            document = await response.json()
+    assert document["object"] == "text_completion"
+
+
+async def test_limits_are_clear_4xx(node: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            node.url + "/v1/chat/completions", json=chat("hi", max_tokens=10_000)
+        ) as response:
+            assert response.status == 422
+            assert "max_tokens" in (await response.json())["error"]["message"]
+        async with session.post(
+            node.url + "/v1/chat/completions", json=chat("hello " * 300, max_tokens=8)
+        ) as response:
+            assert response.status == 422
+
+
+async def test_full_queue_answers_503_with_retry_after(tiny: LoadedModel) -> None:
+    config = EdgeNodeConfig(
+        max_batch=1,
+        batch_window_ms=0,
+        max_queue=1,
+        max_context=256,
+        default_max_tokens=32,
+        max_tokens_limit=64,
+    )
+    server = Server(create_app(config, tiny), "127.0.0.1", 0, shutdown_timeout_s=1)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> tuple[int, str | None]:
+                async with session.post(
+                    server.url + "/v1/chat/completions", json=chat("hello", max_tokens=32)
+                ) as response:
+                    await response.read()
+                    return response.status, response.headers.get("Retry-After")
+
+            results = await asyncio.gather(*(one() for _ in range(12)))
+        assert any(status == 503 and retry for status, retry in results)
+        assert any(status == 200 for status, _ in results)
+    finally:
+        await server.close()
+
+
+async def test_client_disconnect_stops_its_generation(node: Server) -> None:
+    state = node.app[STATE]
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            node.url + "/v1/chat/completions",
+            json=chat("hello", max_tokens=64, stream=True, temperature=0.9),
+        )
+        await response.content.readuntil(b"\n\n")
+        response.close()
+    from tests.support import wait_for
+
+    await wait_for(
+        lambda: state.runner.active == 0 and state.runner.waiting == 0,
+        10,
+        message="the generation to stop",
+    )
+    generated = metric(await scrape(node.url), "hotcold_edge_tokens_total", direction="out")
+    assert generated < 64
+
+
+def test_tiny_model_path_is_a_model_folder(tmp_path: Path) -> None:
+    from edge_node.weights import WeightsError, resolve_model
+
+    with pytest.raises(WeightsError):
+        resolve_model(str(tmp_path))
