@@ -10,22 +10,40 @@ import sys
 from pathlib import Path
 
 from hotcold.console import make_console
-from hotcold.stack import ROUTER_PORT, Stack, StackOptions
+from hotcold.stack import ROUTER_PORT, Stack, StackOptions, edge_available, prepare_model
 
 BENCHMARKS = {
     "proxy": "bench.proxy",
     "policy": "bench.policy",
+    "node": "bench.node",
 }
 
 
 def _stack_options(args: argparse.Namespace) -> StackOptions:
-    return StackOptions(stubs=args.stubs, router_port=args.port, log_dir=Path(args.log_dir))
+    edge = not args.no_edge
+    if edge and not edge_available():
+        make_console(stderr=True).print(
+            "[yellow]the edge extra is not installed (pip install -e '.[edge]'): "
+            "starting without the edge node; hot misses go to the cloud"
+        )
+        edge = False
+    if edge:
+        prepare_model(args.model)
+    return StackOptions(
+        stubs=args.stubs,
+        router_port=args.port,
+        log_dir=Path(args.log_dir),
+        edge=edge,
+        edge_model=args.model,
+    )
 
 
 def _add_stack_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stubs", type=int, default=2, help="cloud stub servers to start")
     parser.add_argument("--port", type=int, default=ROUTER_PORT, help="router port (if free)")
     parser.add_argument("--log-dir", default="hotcold-logs", help="where service logs go")
+    parser.add_argument("--no-edge", action="store_true", help="no edge node (router + cloud)")
+    parser.add_argument("--model", default="default", help="edge model: default or a folder")
 
 
 async def _up(options: StackOptions) -> None:

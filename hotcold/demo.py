@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
 
 import orjson
 from rich.console import Console
@@ -19,7 +20,7 @@ async def run_demo(
     console: Console, requests: int, concurrency: int, options: StackOptions
 ) -> tuple[Stack, LoadResult]:
     stack = Stack(options)
-    with console.status("starting the cloud stubs and the router..."):
+    with console.status("starting the cloud stubs, the edge node and the router..."):
         try:
             await stack.start()
         except Exception:
@@ -48,7 +49,18 @@ async def run_demo(
             progress.update(task, advance=1, mix=mix)
 
         result = await run_load(stack.router.url, jobs, concurrency, on_answer=answered)
+    stack.policy = await _policy(stack.router.url)
     return stack, result
+
+
+async def _policy(url: str) -> dict[str, Any]:
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url + "/admin/policy") as r:
+            return dict(await r.json()) if r.status == 200 else {}
+    except aiohttp.ClientError:
+        return {}
 
 
 def _show_services(console: Console, stack: Stack) -> None:
@@ -101,4 +113,12 @@ def main(console: Console, requests: int, concurrency: int, options: StackOption
         f"answered at the edge: {edge / max(1, result.answered):.0%}  "
         f"errors: {result.failed}"
     )
+    policy = stack.policy if stack is not None else {}
+    if policy:
+        threshold, cache = policy["threshold"], policy["cache"]
+        console.print(
+            f"threshold {threshold['value']:.2f} ({threshold['reason']}); cache: "
+            f"{cache['entries']} entries, hit ratio {cache['hit_ratio']:.0%}, "
+            f"eviction policy {cache['policy']}"
+        )
     return 0 if result.failed == 0 else 1

@@ -15,9 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_reference_config_file_is_valid_and_matches_defaults() -> None:
     """configs/router.yaml documents every key with its default; it must load as is."""
     from_file = load_config(ROOT / "configs" / "router.yaml", environ={})
-    defaults = build_config()
-    assert from_file.server == defaults.server
-    assert from_file.cloud.breaker == defaults.cloud.breaker
+    assert from_file == build_config()
+
+
+def test_edge_node_reference_config_matches_defaults() -> None:
+    import yaml
+
+    from edge_node.config import EdgeNodeConfig
+
+    document = yaml.safe_load((ROOT / "configs" / "edge_node.yaml").read_text())
+    assert EdgeNodeConfig(**document) == EdgeNodeConfig()
 
 
 def test_bad_value_names_key_and_value() -> None:
