@@ -173,9 +173,8 @@ async def http_check(workload: Workload, size: float, limit: int) -> tuple[float
     the capacity loop is frozen so both runs classify on the same threshold."""
     import orjson
 
+    from bench.services import instant_stub_and_router
     from hotcold.loadgen import Job, run_load
-    from hotcold.procs import ServiceProcess
-    from hotcold.serving import free_port
     from hotcold.wire import parse_chat_request
     from router.keys import request_key
 
@@ -192,29 +191,8 @@ async def http_check(workload: Workload, size: float, limit: int) -> tuple[float
     ]
     fingerprints = [request_key("default", parse_chat_request(b)).fingerprint for b in bodies]
     in_process = float(replay(fingerprints, capacity, hot_only=True)[0].mean())
-    logs = Path("bench-results/logs")
-    config = FROZEN_LOOP_CONFIG
-    stub = ServiceProcess(
-        "cloud_stub",
-        free_port(),
-        "--ttft-ms",
-        "0",
-        "--tpot-ms",
-        "0",
-        log_path=logs / "policy-stub.log",
-    )
-    router = ServiceProcess(
-        "router",
-        free_port(),
-        "--config",
-        str(config),
-        "--cloud-endpoint",
-        stub.url,
-        "--cache-entries",
-        str(capacity),
-        "--log-level",
-        "WARNING",
-        log_path=logs / "policy-router.log",
+    stub, router = instant_stub_and_router(
+        "policy", "--config", str(FROZEN_LOOP_CONFIG), "--cache-entries", str(capacity)
     )
     try:
         await stub.started()

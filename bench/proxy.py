@@ -21,10 +21,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from bench.services import instant_stub_and_router
 from hotcold.console import make_console
 from hotcold.loadgen import Job, LoadResult, percentile, run_load
-from hotcold.procs import ServiceProcess
-from hotcold.serving import free_port
 
 CONCURRENCIES = (1, 16, 64, 256)
 
@@ -77,29 +76,7 @@ def _jobs(count: int, offset: int) -> list[Job]:
 async def run(
     requests_per_level: int, concurrencies: tuple[int, ...], console: Console
 ) -> list[Row]:
-    logs = Path("bench-results/logs")
-    stub = ServiceProcess(
-        "cloud_stub",
-        free_port(),
-        "--ttft-ms",
-        "0",
-        "--tpot-ms",
-        "0",
-        "--max-concurrency",
-        "4096",
-        "--max-queue",
-        "4096",
-        log_path=logs / "proxy-stub.log",
-    )
-    router = ServiceProcess(
-        "router",
-        free_port(),
-        "--cloud-endpoint",
-        stub.url,
-        "--log-level",
-        "WARNING",
-        log_path=logs / "proxy-router.log",
-    )
+    stub, router = instant_stub_and_router("proxy")
     rows: list[Row] = []
     try:
         await stub.started()

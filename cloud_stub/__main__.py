@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import sys
-from typing import Any
-
-import yaml
 
 from cloud_stub.app import create_app
 from cloud_stub.config import StubConfig
 from cloud_stub.handlers import STATE
+from hotcold.dataclass_config import load_dataclass_config
 from hotcold.serving import Server, serve_forever
 
 
@@ -37,19 +34,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_config(args: argparse.Namespace) -> StubConfig:
-    values: dict[str, Any] = {}
-    if args.config:
-        with open(args.config, encoding="utf-8") as handle:
-            values.update(yaml.safe_load(handle) or {})
-    known = {field.name for field in dataclasses.fields(StubConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown keys in {args.config}: {sorted(unknown)}")
-    for name in known:
-        flag = getattr(args, name, None)
-        if flag is not None:
-            values[name] = flag
-    return StubConfig(**values)
+    return load_dataclass_config(StubConfig, args)
 
 
 def main(argv: list[str] | None = None) -> int:

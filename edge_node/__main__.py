@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import sys
-from typing import Any
 
-import yaml
 from rich.console import Console
 
 from edge_node.config import EdgeNodeConfig
+from hotcold.dataclass_config import load_dataclass_config
 from hotcold.logs import setup_logging
 from hotcold.serving import Server, serve_forever
 
@@ -41,19 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_config(args: argparse.Namespace) -> EdgeNodeConfig:
-    values: dict[str, Any] = {}
-    if args.config:
-        with open(args.config, encoding="utf-8") as handle:
-            values.update(yaml.safe_load(handle) or {})
-    known = {field.name for field in dataclasses.fields(EdgeNodeConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown keys in {args.config}: {sorted(unknown)}")
-    for name in known:
-        flag = getattr(args, name, None)
-        if flag is not None:
-            values[name] = flag
-    return EdgeNodeConfig(**values)
+    return load_dataclass_config(EdgeNodeConfig, args)
 
 
 def main(argv: list[str] | None = None) -> int:
