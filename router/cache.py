@@ -9,8 +9,9 @@ Optimization using Miniature Simulations", USENIX ATC 2017; the idea of set duel
 caches): keys whose fingerprint falls in a 1/R sample are replayed through each candidate at
 1/R of the capacity. Every epoch the candidates' hit ratios are compared (exponentially
 decayed, so the choice follows the traffic) and, when another candidate beats the active one
-by more than half a point, the active bookkeeping is rebuilt under the winner: the resident
-keys are handed over oldest first, and no value moves or is lost.
+by more than 0.75 points two epochs running, the winner takes over: small caches (simulated
+in full) adopt the winning simulation's own state; larger ones rebuild the winner's
+bookkeeping from the resident keys, oldest first. Values never move.
 
 R is chosen so each shadow holds at least ~128 keys (spatial sampling stays accurate there;
 tiny caches are simulated in full). Shadows hold keys only: memory is about
@@ -181,7 +182,7 @@ class ResponseCache:
         max_bytes: int | None = None,
         max_entry_bytes: int | None = None,
         policies: tuple[str, ...] = POLICY_NAMES,
-        initial_policy: str = "s3-fifo",
+        initial_policy: str = "arc",
         rng: random.Random | None = None,
         on_switch: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -321,7 +322,10 @@ class ResponseCache:
         leader = self._selector.leader(current)
         if leader == current:
             return
-        if isinstance(self.policy, S3FIFO) and leader in S3_PROMOTE_AT:
+        selector = self._selector
+        if selector.sample_rate == 1:
+            self._adopt_shadow(leader)
+        elif isinstance(self.policy, S3FIFO) and leader in S3_PROMOTE_AT:
             self.policy.retune(S3_PROMOTE_AT[leader])  # same structure: keep its state
             self.policy.name = leader
         else:
@@ -333,6 +337,23 @@ class ResponseCache:
         self.stats.policy_switches += 1
         if self._on_switch is not None:
             self._on_switch(current, leader)
+
+    def _adopt_shadow(self, leader: str) -> None:
+        """Small caches are simulated in full: take over the winner's own state (its ghosts,
+        counters and list split), keep the values it holds, drop the others. The policy we
+        leave becomes that name's shadow, as it has seen the same requests."""
+        assert self._selector is not None
+        shadows = self._selector.shadows
+        adopted = shadows[leader]
+        shadows[self.policy.name] = self.policy
+        shadows[leader] = make_policy(leader, adopted.capacity, self._sketches, self._rng)
+        for key in adopted.keys_oldest_first():
+            if key not in self._entries:
+                adopted.discard(key)  # resident in the simulation, but we hold no value
+        kept = set(adopted.keys_oldest_first())
+        for key in [key for key in self._entries if key not in kept]:
+            self._forget(key)
+        self.policy = adopted
 
     def snapshot(self) -> dict[str, Any]:
         selector = self._selector

@@ -8,8 +8,7 @@ The flow::
     identical miss already in flight? wait for it   (single-flight)
     hot and the edge node can take it ──► edge;  it fails or is full ──► cloud (still hot)
     cold ──► cloud
-    deterministic hot answer ──► offered to the cache (its admission decides); cold answers
-                                 are never cached, so one-offs cannot displace the hot set
+    deterministic answer ──► offered to the cache (its measured eviction policy decides)
 
 Every answer carries ``X-Route`` (hot|cold), ``X-Cache`` (hit|miss|bypass) and
 ``X-Served-By`` (cache|edge|cloud; ``router`` when the router answered an error itself).
@@ -154,9 +153,11 @@ class Dispatcher:
         finally:
             if leading:
                 self.flights.finish(key.fingerprint, answer)
-        # Only hot answers are kept: the cache is the hot store, so a one-off (cold) request
-        # can never displace what recurs, whatever eviction policy is active.
-        if answer is not None and write and verdict.route == "hot":
+        # Every deterministic answer is offered (min_frequency 1): the eviction policy the cache
+        # measured as best decides what stays. Strict mode (2) keeps only keys seen twice.
+        # Independent of the threshold on purpose: when the edge is overloaded the threshold
+        # rises, and the cache, which costs nothing to serve from, must not take less then.
+        if answer is not None and write and verdict.estimate >= self._config.cache.min_frequency:
             self._cache.put(
                 key.fingerprint,
                 answer,

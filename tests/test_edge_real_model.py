@@ -72,6 +72,14 @@ async def test_through_the_router_edge_computes_once_then_cache(
         server={"request_deadline_s": 60},
     )
     served = []
+    # Strict admission so the first sighting is not cached: the second is computed by the
+    # edge node (hot), the rest come from the cache.
+    front = await router(
+        [cloud.url],
+        edge={"endpoints": [edge.url], "timeout_s": 60},
+        server={"request_deadline_s": 60},
+        cache={"min_frequency": 2},
+    )
     async with aiohttp.ClientSession() as session:
         for _ in range(4):
             async with session.post(front.url + "/v1/chat/completions", json=CAPITAL) as response:
