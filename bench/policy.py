@@ -242,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = run_cells(console, makers, args.jobs)
     console.print(table(cells))
     console.print(
-        "* router: the same replay with the router's rule that only answers "
-        "classified hot are cached (one-offs never enter)."
+        "* strict: the same replay with cache.min_frequency 2 (a one-off never enters the cache)."
     )
     gaps = [cell.hotcold - cell.best for cell in cells]
     console.print(

@@ -154,7 +154,7 @@ class CacheConfig(_Frozen):
     ttl_s: float = Field(default=3600.0, gt=0)
     min_frequency: int = Field(default=1, ge=1, le=16)
     policies: tuple[str, ...] = ("w-tinylfu", "w-tinylfu-long", "s3-fifo", "s3-fifo-2", "arc")
-    initial_policy: str = "arc"
+    initial_policy: str = "s3-fifo"
 
     @model_validator(mode="after")
     def _known_policies(self) -> CacheConfig:
