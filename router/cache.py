@@ -15,8 +15,8 @@ bookkeeping from the resident keys, oldest first. Values never move.
 
 R is chosen so each shadow holds at least 1024 keys (spatial sampling stays accurate, and an
 epoch passes in fewer real requests than with smaller shadows); caches below 2048 entries are
-simulated in full, which lets them switch by adopting the winner's state at no cost. Shadows hold keys only: memory is about
-``candidates x capacity / R`` keys.
+simulated in full, which lets them switch by adopting the winner's state at no cost. Shadows
+hold keys only: memory is about ``candidates x capacity / R`` keys.
 
 Bounds: ``max_entries`` entries, ``max_bytes`` bytes of values (the active policy is asked for
 more victims until both hold), no value above ``max_entry_bytes``. Each entry has an expiry;
