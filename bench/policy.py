@@ -25,6 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import libcachesim as lcs
 import numpy as np
@@ -211,6 +212,34 @@ async def http_check(workload: Workload, size: float, limit: int) -> tuple[float
     return in_process, http
 
 
+def markdown(cells: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table, for docs/benchmarks.md."""
+    names = list(REFERENCE_POLICIES)
+    lines = [
+        "| workload | size | capacity | "
+        + " | ".join(names)
+        + " | best ref. | **hotcold** | vs best | Belady | strict | policy at end |",
+        "|---|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|---:|---:|---|",
+    ]
+    for cell in cells:
+        best = max(cell["references"].values())
+        lines.append(
+            f"| {cell['workload']} | {cell['size']:.1%} | {cell['capacity']} | "
+            + " | ".join(f"{cell['references'][name]:.3f}" for name in names)
+            + f" | {best:.3f} | **{cell['hotcold']:.3f}** | "
+            f"{(cell['hotcold'] - best) * 100:+.2f} | {cell['belady']:.3f} | "
+            f"{cell['strict']:.3f} | {cell['policy']} |"
+        )
+    gaps = [cell["hotcold"] - max(cell["references"].values()) for cell in cells]
+    lines.append("")
+    lines.append(
+        f"Mean gap to the best reference: {np.mean(gaps) * 100:+.2f} points; worst "
+        f"{min(gaps) * 100:+.2f}; cells within one point: "
+        f"{sum(gap >= -0.01 for gap in gaps)} of {len(gaps)}."
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hotcold bench policy", description=__doc__)
     parser.add_argument(
@@ -276,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             report["http"] = {"in_process": in_process, "http": http, "requests": args.http}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    console.print(f"results written to {args.out}")
+    args.out.with_suffix(".md").write_text(markdown(report["cells"]) + "\n")  # type: ignore[arg-type]
+    console.print(f"results written to {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
 

@@ -3,7 +3,9 @@
 Devices ask a small set of questions over and over (status checks, unit conversions, alert
 explanations) and a long tail of one-off ones. Popularity follows a Zipf law over the
 question catalogue, as request popularity does in the traces we measured. Most requests are
-deterministic (temperature 0), a few are sampled and some are streamed.
+deterministic (temperature 0) and cacheable; a fifth are sampled (summaries worded afresh
+each time), which the cache cannot answer and the edge node computes when they are hot; some
+are streamed.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def iot_workload(
     requests: int,
     catalogue: int = 400,
     zipf_s: float = 1.1,
-    sampled_share: float = 0.05,
+    sampled_share: float = 0.2,
     stream_share: float = 0.1,
     tenants: tuple[str, ...] = ("acme",),
     model: str = "default",

@@ -342,14 +342,11 @@ class ResponseCache:
             self._on_switch(current, leader)
 
     def _adopt_shadow(self, leader: str) -> None:
-        """Small caches are simulated in full: take over the winner's own state (its ghosts,
-        counters and list split), keep the values it holds, drop the others. The policy we
-        leave becomes that name's shadow, as it has seen the same requests."""
+        """Small caches are simulated in full: take over a copy of the winner's own state (its
+        ghosts, counters and list split), keep the values it holds, drop the others. Its
+        shadow stays as it is, so the comparison goes on undisturbed."""
         assert self._selector is not None
-        shadows = self._selector.shadows
-        adopted = shadows[leader]
-        shadows[self.policy.name] = self.policy
-        shadows[leader] = make_policy(leader, adopted.capacity, self._sketches, self._rng)
+        adopted = self._selector.shadows[leader].clone()
         for key in adopted.keys_oldest_first():
             if key not in self._entries:
                 adopted.discard(key)  # resident in the simulation, but we hold no value

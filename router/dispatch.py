@@ -206,6 +206,10 @@ class Dispatcher:
                     log.info("edge could not answer (%s); serving from the cloud", exc.message)
             else:
                 self._metrics.edge_fallbacks.labels("edge_busy_or_down").inc()
+                log.debug(
+                    "edge busy or down (%d outstanding); serving from the cloud",
+                    self._edge.outstanding,
+                )
         decision = Decision(verdict.route, label, "cloud")
         http[DECISION] = decision
         try:

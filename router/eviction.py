@@ -24,14 +24,16 @@ evicted, which may include the new key when admission refuses it), ``discard(key
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from router.sketch import FrequencySketch
 
 Key = Hashable
+_P = TypeVar("_P", bound="_Requests")
 
 
 class EvictionPolicy(Protocol):
@@ -47,10 +49,21 @@ class EvictionPolicy(Protocol):
     def keys_oldest_first(self) -> list[Key]: ...
     def load(self, key: Key) -> list[Key]: ...
     def request(self, key: Key) -> bool: ...
+    def clone(self) -> EvictionPolicy: ...
 
 
 class _Requests:
-    """``request`` in terms of ``hit``/``insert``, for shadow simulations."""
+    """``request`` in terms of ``hit``/``insert``, for shadow simulations, and ``clone``."""
+
+    def clone(self: _P) -> _P:
+        """An independent copy: containers copied, the sketch (if any) shared."""
+        twin = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, dict | list):
+                setattr(twin, name, value.copy())
+            elif isinstance(value, tuple) and value and isinstance(value[0], OrderedDict):
+                setattr(twin, name, tuple(part.copy() for part in value))
+        return twin
 
     def request(self, key: Key) -> bool:
         if key in self:  # type: ignore[operator]
