@@ -17,7 +17,6 @@ from hotcold.wire.codec import decode_body, encode_body, wants_msgpack
 from hotcold.wire.errors import (
     ApiError,
     BadRequest,
-    NotFound,
     PayloadTooLarge,
     error_body,
 )
@@ -109,7 +108,3 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             error_body("internal error; it has been logged", "server_error", "internal_error"),
             status=500,
         )
-
-
-def not_found(request: web.Request) -> NotFound:
-    return NotFound(f"no route for {request.method} {request.path}")

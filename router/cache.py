@@ -304,19 +304,6 @@ class ResponseCache:
         self.bytes -= entry.size
         self.policy.discard(key)
 
-    def invalidate(self, key: int) -> bool:
-        entry = self._entries.get(key)
-        if entry is None:
-            return False
-        self._drop(key, entry)
-        return True
-
-    def clear(self) -> None:
-        for key in list(self._entries):
-            self.policy.discard(key)
-        self._entries.clear()
-        self.bytes = 0
-
     # ---- policy selection -------------------------------------------------------------------
 
     def _maybe_switch(self) -> None:

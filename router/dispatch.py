@@ -61,14 +61,10 @@ class Decision:
 
 REQUEST_ID = web.RequestKey("request_id", str)
 DECISION = web.RequestKey("decision", Decision)
-TENANT = web.RequestKey("tenant", str)
 
 
 def tenant_of(http: web.Request) -> str:
-    """The request's tenant: set by authentication when configured, else the X-Tenant header."""
-    tenant = http.get(TENANT)
-    if tenant:
-        return str(tenant)
+    """The request's tenant: the X-Tenant header (open mode: no API keys exist yet)."""
     offered = http.headers.get("X-Tenant")
     if offered is None:
         return DEFAULT_TENANT
@@ -125,9 +121,8 @@ class Dispatcher:
         now = self._clock.now()
         tenant = tenant_of(http)
         key = request_key(tenant, request)
-        verdict = self._classifier.classify(
-            key.fingerprint, request.params.model, request.prompt_text(), now
-        )
+        text = request.prompt_text() if self._classifier.pins else ""  # only pins read it
+        verdict = self._classifier.classify(key.fingerprint, request.params.model, text, now)
         read, write = cache_modes(request, http.headers.get("Cache-Control"))
         deadline_at = now + self._config.server.request_deadline_s
         if read:

@@ -35,8 +35,8 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         status = str(response.status)
     finally:
+        decision: Decision = request.get(DECISION, ROUTER_ANSWER)
         if api is not None:
-            decision: Decision = request.get(DECISION, ROUTER_ANSWER)
             metrics = request.app[METRICS]
             metrics.requests.labels(
                 api, decision.route, decision.cache, decision.served_by, status
@@ -47,7 +47,6 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
         if api is not None:
-            decision = request.get(DECISION, ROUTER_ANSWER)
             for name, value in decision.headers().items():
                 response.headers.setdefault(name, value)
     return response

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 DEPTH = 4
 DEFAULT_MAX_COUNT = 15
-_MASK32 = 0xFFFFFFFF
 
 
 def _halving_table() -> bytes:

@@ -78,9 +78,6 @@ class ThresholdController:
         self._next_tick = now + params.control_interval_s
         self.history: deque[Decision] = deque(maxlen=HISTORY_LENGTH)
 
-    def is_hot(self, estimate: int) -> bool:
-        return estimate >= self.value
-
     def observe_request(self, estimate: int) -> None:
         self._estimates_sum += estimate
         self._estimates_count += 1

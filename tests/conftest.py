@@ -15,10 +15,10 @@ import pytest
 from cloud_stub import StubConfig
 from cloud_stub import create_app as create_stub_app
 from cloud_stub.handlers import STATE
+from hotcold.procs import ServiceProcess
 from hotcold.serving import Server, free_port
 from router import create_app as create_router_app
 from router.config import build_config
-from tests.support import Process
 
 StubFactory = Callable[..., Awaitable[Server]]
 RouterFactory = Callable[..., Awaitable[Server]]
@@ -76,11 +76,11 @@ async def router() -> AsyncIterator[RouterFactory]:
 
 
 @pytest.fixture
-def processes() -> Iterator[Callable[..., Process]]:
-    started: list[Process] = []
+def processes() -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
 
-    def make(module: str, *args: str, port: int | None = None) -> Process:
-        process = Process(module, port or free_port(), *args)
+    def make(module: str, *args: str, port: int | None = None) -> ServiceProcess:
+        process = ServiceProcess(module, port or free_port(), *args)
         started.append(process)
         return process
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from hotcold.procs import ServiceProcess
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,10 +63,3 @@ def metric(
         if sample_name == name and all(item in sample_labels for item in labels.items()):
             total += value
     return total
-
-
-class Process(ServiceProcess):
-    """A service started as a real process (so it can be killed like a real server)."""
-
-    def __init__(self, module: str, port: int, *args: str) -> None:
-        super().__init__(module, port, *args)

@@ -3,8 +3,6 @@ and each eviction policy against a simple model."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -123,11 +121,6 @@ def test_policy_selection_switches_to_the_better_policy_keeping_values() -> None
     assert cache.stats.policy_switches >= 1
     assert cache.policy_name != "arc"
     assert all(cache.peek(k) is not None for k in list(cache._entries))
-
-
-class _LRUModel:
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.items = capacity, OrderedDict[int, None]()
 
 
 @given(
