@@ -53,9 +53,12 @@ class Classifier:
         self.pins = pins
 
     def classify(self, fingerprint: int, model: str, text: str, now: float) -> Classification:
-        """Count the request, then classify it. Every request is counted, cacheable or not."""
+        """Count the request, then classify it. Every request is counted, cacheable or not.
+
+        With a fleet, the estimate adds the other routers' counts (their last published
+        sketches), so a key requested across the fleet is hot on every router."""
         self.sketch.increment(fingerprint)
-        estimate = self.sketch.estimate(fingerprint)
+        estimate = self.sketch.fleet_estimate(fingerprint)  # local alone without a fleet
         controller = self.controller
         controller.observe_request(estimate)
         controller.maybe_tick(now)

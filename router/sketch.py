@@ -20,8 +20,12 @@ to ``e**-4`` (about 2%). Estimates never fall below the true count within the wi
 ``max_count``), which the property tests check.
 
 Memory: ``4 * width`` bytes of counters plus ``width / 2`` bytes of doorkeeper, fixed at
-construction whatever the key space. Mergeable: :meth:`merge` adds another sketch of the same
-shape (saturating), which is how the fleet combines the sketches of its routers.
+construction whatever the key space.
+
+Fleet view: :meth:`snapshot` is what a router publishes (its own counters and doorkeeper);
+:meth:`set_remote` installs the sum of the *other* routers' snapshots (see
+``router.fleet_sketch``), and :meth:`fleet_estimate` adds the two. The remote part is replaced,
+never accumulated, so a router's counts are never fed back to it and do not grow at each sync.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class FrequencySketch:
         "_door",
         "_door_mask",
         "_mask",
+        "_remote_door",
+        "_remote_table",
         "_table",
         "_width",
         "additions",
@@ -78,6 +84,8 @@ class FrequencySketch:
         self.max_count = max_count
         self.additions = 0
         self.resets = 0
+        self._remote_table: bytes | None = None
+        self._remote_door: bytes | None = None
 
     @property
     def width(self) -> int:
@@ -157,16 +165,44 @@ class FrequencySketch:
         self.additions //= 2
         self.resets += 1
 
-    # ---- fleet merging --------------------------------------------------------------------
+    # ---- the fleet's view ------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
-        return bytes(self._table)
+    @property
+    def door_bits(self) -> int:
+        return self._door_mask + 1 if self._door is not None else 0
 
-    def merge(self, counters: bytes | bytearray) -> None:
-        """Add another router's counters (same width), saturating at ``max_count``."""
-        if len(counters) != len(self._table):
-            raise ValueError(
-                f"cannot merge a sketch of {len(counters)} counters into one of {len(self._table)}"
+    def snapshot(self) -> tuple[bytes, bytes]:
+        """This router's own counters and doorkeeper bits, for the fleet."""
+        return bytes(self._table), bytes(self._door) if self._door is not None else b""
+
+    def set_remote(self, table: bytes | None, door_counts: bytes | None) -> None:
+        """Install the other routers' summed counters (``4 * width`` bytes) and, per doorkeeper
+        bit, how many of them have it set (``door_bits`` bytes); None forgets the fleet."""
+        if table is not None and len(table) != len(self._table):
+            raise ValueError(f"remote counters: {len(table)} bytes, expected {len(self._table)}")
+        if door_counts is not None and len(door_counts) != self.door_bits:
+            raise ValueError(f"remote doorkeeper: {len(door_counts)} counts, need {self.door_bits}")
+        self._remote_table = table
+        self._remote_door = door_counts if table is not None else None
+
+    def fleet_estimate(self, fingerprint: int) -> int:
+        """This router's estimate plus the rest of the fleet's, capped at ``max_count``."""
+        local = self.estimate(fingerprint)
+        remote = self._remote_table
+        if remote is None:
+            return local
+        width = self._width
+        mask = self._mask
+        count = min(
+            remote[fingerprint & mask],
+            remote[width + ((fingerprint >> 32) & mask)],
+            remote[2 * width + ((fingerprint >> 64) & mask)],
+            remote[3 * width + ((fingerprint >> 96) & mask)],
+        )
+        door = self._remote_door
+        if door:
+            count += min(
+                door[(fingerprint >> 7) & self._door_mask],
+                door[(fingerprint >> 73) & self._door_mask],
             )
-        cap = self.max_count
-        self._table = bytearray(min(cap, a + b) for a, b in zip(self._table, counters, strict=True))
+        return min(self.max_count, local + count)

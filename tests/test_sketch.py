@@ -1,12 +1,15 @@
-"""The frequency sketch: bounded memory, never under-counts within its window, mergeable."""
+"""The frequency sketch: bounded memory, never under-counts within its window, and the
+fleet view (other routers' published sketches) never under-counts fleet-wide."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.fleet_sketch import SketchSnapshot, SnapshotError, install_fleet_view
 from router.keys import int_fingerprint
 from router.sketch import FrequencySketch
 
@@ -67,18 +70,52 @@ def test_one_hit_wonders_stay_in_the_doorkeeper() -> None:
     sketch = FrequencySketch(1024, sample_size=10**9)
     for key in range(300):
         sketch.increment(int_fingerprint(key))
-    assert sum(sketch.to_bytes()) < 40  # almost nothing reached the counters
+    counters, _ = sketch.snapshot()
+    assert sum(counters) < 40  # almost nothing reached the counters
     assert sketch.estimate(int_fingerprint(3)) >= 1
 
 
-@given(keys, keys)
-def test_merge_adds_counts(first: list[int], second: list[int]) -> None:
-    a = FrequencySketch(256, sample_size=10**9, doorkeeper=False)
-    b = FrequencySketch(256, sample_size=10**9, doorkeeper=False)
-    for key in first:
-        a.increment(int_fingerprint(key))
-    for key in second:
-        b.increment(int_fingerprint(key))
-    a.merge(b.to_bytes())
-    for key, count in (Counter(first) + Counter(second)).items():
-        assert a.estimate(int_fingerprint(key)) >= min(count, a.max_count)
+@settings(max_examples=100)
+@given(st.lists(keys, min_size=1, max_size=4), st.booleans())
+def test_fleet_estimate_covers_every_router(routers: list[list[int]], doorkeeper: bool) -> None:
+    """Router 0 with the others' published sketches installed: its fleet estimate is at least
+    the fleet-wide true count (up to the cap), and its own estimate is unchanged."""
+    sketches = [FrequencySketch(256, sample_size=10**9, doorkeeper=doorkeeper) for _ in routers]
+    for sketch, sequence in zip(sketches, routers, strict=True):
+        for key in sequence:
+            sketch.increment(int_fingerprint(key))
+    others = [
+        SketchSnapshot.decode(SketchSnapshot.of(f"r{i}", s).encode())
+        for i, s in enumerate(sketches[1:], start=1)
+    ]
+    local = sketches[0]
+    before = {key: local.estimate(int_fingerprint(key)) for key in routers[0]}
+    assert install_fleet_view(local, others) == len(others)
+    total: Counter[int] = Counter()
+    for sequence in routers:
+        total.update(sequence)
+    for key, count in total.items():
+        assert local.fleet_estimate(int_fingerprint(key)) >= min(count, local.max_count)
+    for key, estimate in before.items():
+        assert local.estimate(int_fingerprint(key)) == estimate
+
+
+def test_fleet_view_is_replaced_not_accumulated() -> None:
+    """Installing the same snapshot twice counts it once: no feedback across syncs."""
+    local, other = FrequencySketch(256, 10**9), FrequencySketch(256, 10**9)
+    key = int_fingerprint(7)
+    for _ in range(3):
+        other.increment(key)
+    snapshot = SketchSnapshot.of("other", other)
+    install_fleet_view(local, [snapshot])
+    install_fleet_view(local, [snapshot])
+    assert local.fleet_estimate(key) == 3
+    install_fleet_view(local, [])
+    assert local.fleet_estimate(key) == 0
+
+
+def test_snapshot_of_another_shape_is_skipped_and_garbage_refused() -> None:
+    local = FrequencySketch(256, 10**9)
+    assert install_fleet_view(local, [SketchSnapshot.of("wide", FrequencySketch(1024, 10))]) == 0
+    with pytest.raises(SnapshotError):
+        SketchSnapshot.decode(b"\x93not a snapshot")
