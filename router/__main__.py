@@ -11,8 +11,9 @@ from typing import Any
 from hotcold.logs import setup_logging
 from hotcold.serving import Server, serve_forever
 from router.app import create_app
-from router.config import load_config
+from router.config import load_layers
 from router.errors import ConfigError
+from router.redis_connect import describe
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +37,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--admin-token", help="bearer token of the admin API (or HOTCOLD_ADMIN_TOKEN)"
     )
+    parser.add_argument(
+        "--redis-url",
+        help="the fleet's Redis: redis://, rediss://, unix://, redis+sentinel://host:port/"
+        "service, redis+cluster://host:port (or HOTCOLD_REDIS_URL); none: run alone",
+    )
+    parser.add_argument("--fleet", help="fleet name: the namespace of its keys in Redis")
+    parser.add_argument("--router-id", help="this router's id in the fleet (default host-pid)")
     parser.add_argument("--log-level")
     parser.add_argument(
         "--json-logs", action="store_true", default=None, help="one JSON object per log line"
@@ -57,6 +65,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     put("edge", "endpoints", [args.edge_endpoint] if args.edge_endpoint else None)
     put("cache", "entries", args.cache_entries)
     put("admin", "token", args.admin_token)
+    put("fleet", "redis_url", args.redis_url)
+    put("fleet", "name", args.fleet)
+    put("fleet", "router_id", args.router_id)
     put("logging", "level", args.log_level)
     put("logging", "json_lines", args.json_logs)
     return tree
@@ -65,14 +76,18 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = load_config(args.config, overrides_from(args))
+        layers = load_layers(args.config, overrides_from(args))
+        config = layers.build()
     except ConfigError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.logging.level, config.logging.json_lines)
-    logging.getLogger("hotcold.router").info(
-        "cloud pool: %s", ", ".join(config.cloud.endpoints) or "(none)"
-    )
+    log = logging.getLogger("hotcold.router")
+    log.info("cloud pool: %s", ", ".join(config.cloud.endpoints) or "(none)")
+    if config.fleet.redis_url is None:
+        log.info("no --redis-url: running alone (policy changes apply to this router only)")
+    else:
+        log.info("fleet %r over %s", config.fleet.name, describe(config.fleet.redis_url))
     try:
         import uvloop
 
@@ -80,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     server = Server(
-        create_app(config),
+        create_app(config, layers=layers, handle_signals=True),
         config.server.host,
         config.server.port,
         shutdown_timeout_s=config.server.shutdown_timeout_s,

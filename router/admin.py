@@ -1,5 +1,21 @@
-"""The admin API: the effective policy (thresholds and why they moved, pins, cache), behind
-the admin bearer token. With no token configured the router runs in open mode and says so."""
+"""The admin API, behind the admin bearer token (open mode, with a warning, when none is set).
+
+- ``GET /admin/policy``: the effective policy, where each value came from (default,
+  environment, file, flag, or the fleet change that set it: version, who, when, why), the
+  threshold and why it moved, cache, sketch, edge. ``ETag`` is the policy version.
+- ``PUT /admin/policy``: change the policy for the whole fleet. Body::
+
+      {"changes": {"threshold": {"max": 8}, "cache": {"ttl_s": null}},
+       "by": "alice", "reason": "evening peak"}
+
+  ``changes`` is a JSON merge patch (RFC 7396) of live settings; ``null`` hands a value back
+  to each gateway's file. Compare-and-set on the version: send ``If-Match: "<version>"`` (or
+  ``"expected_version"`` in the body) to change only what you read; an edit based on an older
+  version gets 409 ``version_conflict`` with the current version and nothing is written. 422
+  names a bad key or value; 503 when the fleet's Redis cannot be reached (nothing changed).
+- ``GET /admin/fleet``: Redis state, this router's id, the live members and their versions.
+- ``POST /admin/reload``: re-read the config file now (as SIGHUP does).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +26,22 @@ from typing import Any
 
 from aiohttp import web
 
-from hotcold.http import respond
-from hotcold.wire import Unauthorized
+from hotcold.http import read_document, respond
+from hotcold.wire import (
+    BadRequest,
+    Conflict,
+    InvalidField,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from router.app_keys import CLOCK_KEY
 from router.cache import ResponseCache
 from router.classify import Classifier
 from router.config import RouterConfig
 from router.dispatch import Dispatcher
+from router.fleet import FleetSync
+from router.policy import PolicyError
+from router.policy_manager import PolicyManager, StoreUnavailable, VersionConflict
 from router.sketch import FrequencySketch
 from router.threshold import ThresholdController
 from router.upstream import UpstreamPool
@@ -31,6 +56,7 @@ class PolicyState:
     cache: ResponseCache
     dispatcher: Dispatcher
     edge: UpstreamPool | None
+    manager: PolicyManager
 
     @property
     def controller(self) -> ThresholdController:
@@ -44,9 +70,31 @@ class PolicyState:
     def coalesced(self) -> int:
         return self.dispatcher.flights.coalesced
 
+    @property
+    def policy_version(self) -> int:
+        return self.manager.document.version
+
+    @property
+    def reloads(self) -> dict[str, int]:
+        return self.manager.reloads
+
 
 POLICY_STATE = web.AppKey("policy_state", PolicyState)
+FLEET = web.AppKey("fleet", object)  # FleetSync | None; read through fleet_of()
 _BEARER = re.compile(r"^Bearer\s+(\S+)$", re.IGNORECASE)
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+
+
+def fleet_of(app: web.Application) -> FleetSync | None:
+    fleet = app.get(FLEET)
+    return fleet if isinstance(fleet, FleetSync) else None
+
+
+def fleet_status(app: web.Application) -> dict[str, Any]:
+    fleet = fleet_of(app)
+    if fleet is None:
+        return {"configured": False, "state": "standalone"}
+    return fleet.status()
 
 
 def require_admin(request: web.Request, token: str | None) -> None:
@@ -58,14 +106,16 @@ def require_admin(request: web.Request, token: str | None) -> None:
         raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
 
 
-async def get_policy(request: web.Request) -> web.Response:
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+def policy_document(request: web.Request) -> dict[str, Any]:
     state = request.app[POLICY_STATE]
-    require_admin(request, state.config.admin.token)
     state.controller.maybe_tick(request.app[CLOCK_KEY].now())
-    document: dict[str, Any] = {
+    return {
+        "policy": state.manager.describe(),
         "threshold": state.controller.snapshot(),
-        "capacity": state.config.policy.capacity.model_dump(),
-        "pins": [pin.model_dump() for pin in state.config.policy.pins],
         "cache": state.cache.snapshot(),
         "sketch": {
             "width": state.sketch.width,
@@ -79,6 +129,76 @@ async def get_policy(request: web.Request) -> web.Response:
             "max_inflight": state.config.edge.max_inflight,
             "takes_hot_traffic": state.dispatcher.edge_can_take(),
         },
+        "fleet": fleet_status(request.app),
         "mode": "open (no admin token configured)" if state.config.admin.token is None else "token",
     }
-    return respond(request, document)
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    state = request.app[POLICY_STATE]
+    require_admin(request, state.config.admin.token)
+    return respond(request, policy_document(request), headers=_etag(state.manager.document.version))
+
+
+def _expected_version(request: web.Request, body: dict[str, Any]) -> int | None:
+    header = request.headers.get("If-Match")
+    if header is not None and header.strip() != "*":
+        match = _ETAG.match(header)
+        if match is None:
+            raise BadRequest('If-Match must be a policy version such as "7"', param="If-Match")
+        return int(match.group(1))
+    expected = body.get("expected_version")
+    if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool)):
+        raise InvalidField("expected_version must be an integer", param="expected_version")
+    return expected
+
+
+async def put_policy(request: web.Request) -> web.Response:
+    state = request.app[POLICY_STATE]
+    require_admin(request, state.config.admin.token)
+    body = await read_document(request)
+    unknown = set(body) - {"changes", "by", "reason", "expected_version"}
+    if unknown:
+        raise InvalidField(f"unknown field(s): {', '.join(sorted(unknown))}", code="unknown_field")
+    changes, by, reason = body.get("changes"), body.get("by"), body.get("reason", "")
+    if not isinstance(changes, dict) or not changes:
+        raise InvalidField("'changes' must be a non-empty object of settings", param="changes")
+    if by is None:
+        fleet = fleet_of(request.app)
+        by = f"admin api on {fleet.router_id if fleet else 'this router'}"
+    if not isinstance(by, str) or not 0 < len(by) <= 200:
+        raise InvalidField("'by' must be a string of 1-200 characters", param="by")
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise InvalidField("'reason' must be a string of at most 500 characters", param="reason")
+    try:
+        await state.manager.change(changes, by, reason, _expected_version(request, body))
+    except PolicyError as exc:
+        raise InvalidField(f"invalid policy change: {exc}", code="invalid_policy") from None
+    except VersionConflict as exc:
+        raise Conflict(
+            f"{exc}: read the policy again and re-apply your change (nothing was written)",
+            code="version_conflict",
+        ) from None
+    except StoreUnavailable as exc:
+        raise ServiceUnavailable(
+            f"{exc}; the change was not applied", code="fleet_unavailable", retry_after_s=1
+        ) from None
+    return respond(request, policy_document(request), headers=_etag(state.manager.document.version))
+
+
+async def get_fleet(request: web.Request) -> web.Response:
+    require_admin(request, request.app[POLICY_STATE].config.admin.token)
+    return respond(request, fleet_status(request.app))
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    state = request.app[POLICY_STATE]
+    require_admin(request, state.config.admin.token)
+    result = state.manager.reload_file()
+    document = {
+        "reloaded": result.ok,
+        "message": result.message,
+        "needs_restart": list(result.needs_restart),
+        "policy": state.manager.describe(),
+    }
+    return respond(request, document, status=200 if result.ok else 422)

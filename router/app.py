@@ -9,19 +9,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
 from hotcold.http import MAX_BODY_BYTES, error_middleware
-from router.admin import POLICY_STATE, PolicyState, get_policy
+from router.admin import (
+    FLEET,
+    POLICY_STATE,
+    PolicyState,
+    get_fleet,
+    get_policy,
+    put_policy,
+    reload_config,
+)
 from router.app_keys import CLOCK_KEY, CONFIG_KEY
 from router.cache import ResponseCache
 from router.classify import Classifier, PinRule
 from router.clock import Clock, MonotonicClock
-from router.config import RouterConfig
+from router.config import ConfigLayers, RouterConfig
+from router.config_watch import watch_config
 from router.dispatch import Dispatcher
+from router.fleet import FleetSync
 from router.handlers import (
     CLOUD,
     DISPATCHER,
@@ -37,12 +48,15 @@ from router.handlers import (
 )
 from router.metrics import RouterMetrics
 from router.middlewares import METRICS, context_middleware
+from router.policy_manager import PolicyManager
 from router.sketch import FrequencySketch, ceil_power_of_two
 from router.threshold import ThresholdController, ThresholdParams
 from router.upstream import UpstreamPool
 
 CONFIG = CONFIG_KEY
 CLOCK = CLOCK_KEY
+LAYERS = web.AppKey("config_layers", ConfigLayers)
+HANDLE_SIGNALS = web.AppKey("handle_signals", bool)
 
 
 def build_policy(config: RouterConfig, clock: Clock) -> tuple[Classifier, ResponseCache]:
@@ -107,8 +121,9 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         )
         metrics.watch_pool(edge)
     classifier, cache = build_policy(config, app[CLOCK])
-    dispatcher = Dispatcher(config, cloud, edge, classifier, cache, metrics, app[CLOCK])
-    state = PolicyState(config, classifier, cache, dispatcher, edge)
+    manager = PolicyManager(app[LAYERS], config, classifier, app[CLOCK])
+    dispatcher = Dispatcher(config, cloud, edge, classifier, cache, metrics, app[CLOCK], manager)
+    state = PolicyState(config, classifier, cache, dispatcher, edge, manager)
     metrics.watch_policy(lambda: state)
     app[SESSION] = session
     app[CLOUD] = cloud
@@ -131,7 +146,50 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
-def create_app(config: RouterConfig, *, clock: Clock | None = None) -> web.Application:
+async def _fleet(app: web.Application) -> AsyncIterator[None]:
+    """Fleet sync when Redis is configured; the config file watch and SIGHUP reload always."""
+    config = app[CONFIG]
+    state = app[POLICY_STATE]
+    fleet = None
+    if config.fleet.redis_url is not None:
+        fleet = FleetSync(config.fleet, state.manager, state.sketch)
+        state.manager.store = fleet
+        fleet.start()
+    app[FLEET] = fleet
+    app[METRICS].watch_fleet(lambda: fleet.status() if fleet is not None else None)
+    loop = asyncio.get_running_loop()
+    watcher = None
+    config_path = app[LAYERS].path
+    if config_path is not None:
+        if config.admin.watch_config_s > 0:
+            watcher = asyncio.create_task(
+                watch_config(config_path, config.admin.watch_config_s, state.manager),
+                name="config-watch",
+            )
+        if app[HANDLE_SIGNALS]:
+            loop.add_signal_handler(signal.SIGHUP, state.manager.reload_file)
+    try:
+        yield
+    finally:
+        if app[HANDLE_SIGNALS] and app[LAYERS].path is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if fleet is not None:
+            await fleet.stop()
+
+
+def create_app(
+    config: RouterConfig,
+    *,
+    clock: Clock | None = None,
+    layers: ConfigLayers | None = None,
+    handle_signals: bool = False,
+) -> web.Application:
+    """The router. ``layers`` (from ``load_layers``) enables config reload and says where each
+    value came from; ``handle_signals`` installs the SIGHUP reload (the main program only)."""
     app = web.Application(
         middlewares=[context_middleware, error_middleware],
         client_max_size=config.server.max_body_bytes,
@@ -141,7 +199,10 @@ def create_app(config: RouterConfig, *, clock: Clock | None = None) -> web.Appli
     app[METRICS] = RouterMetrics()
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
     app[MODELS_CACHE] = {}
+    app[LAYERS] = layers or ConfigLayers.of(config)
+    app[HANDLE_SIGNALS] = handle_signals
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(_fleet)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
@@ -149,4 +210,7 @@ def create_app(config: RouterConfig, *, clock: Clock | None = None) -> web.Appli
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/policy", get_policy)
+    app.router.add_put("/admin/policy", put_policy)
+    app.router.add_get("/admin/fleet", get_fleet)
+    app.router.add_post("/admin/reload", reload_config)
     return app

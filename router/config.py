@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,6 +170,34 @@ class CacheConfig(_Frozen):
 
 class AdminConfig(_Frozen):
     token: str | None = Field(default=None, min_length=16)
+    watch_config_s: float = Field(default=2.0, ge=0)  # config file check period; 0: SIGHUP only
+
+
+class FleetConfig(_Frozen):
+    """Fleet policy sync over Redis; without ``redis_url`` the router runs alone."""
+
+    redis_url: str | None = None
+    name: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    router_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    redis_timeout_s: float = Field(default=0.5, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    member_ttl_s: float = Field(default=5.0, gt=0)
+    sketch_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+        if value is not None and not value.startswith(schemes):
+            raise ValueError(f"must start with one of {', '.join(schemes)}")
+        return value
+
+    @model_validator(mode="after")
+    def _expiry_after_heartbeats(self) -> FleetConfig:
+        if self.member_ttl_s < 2 * self.heartbeat_interval_s:
+            raise ValueError("member_ttl_s must be at least two heartbeat intervals")
+        return self
 
 
 class LoggingConfig(_Frozen):
@@ -183,6 +212,7 @@ class RouterConfig(_Frozen):
     policy: PolicyConfig = PolicyConfig()
     cache: CacheConfig = CacheConfig()
     admin: AdminConfig = AdminConfig()
+    fleet: FleetConfig = FleetConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -194,6 +224,9 @@ ENVIRONMENT = {
     "HOTCOLD_EDGE_ENDPOINT": ("edge", "endpoints"),
     "HOTCOLD_CACHE_ENTRIES": ("cache", "entries"),
     "HOTCOLD_ADMIN_TOKEN": ("admin", "token"),
+    "HOTCOLD_REDIS_URL": ("fleet", "redis_url"),
+    "HOTCOLD_FLEET": ("fleet", "name"),
+    "HOTCOLD_ROUTER_ID": ("fleet", "router_id"),
     "HOTCOLD_LOG_LEVEL": ("logging", "level"),
 }
 _LIST_KEYS = {("cloud", "endpoints"), ("edge", "endpoints")}
@@ -264,11 +297,64 @@ def build_config(*layers: Mapping[str, Any]) -> RouterConfig:
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 
+@dataclass(frozen=True)
+class ConfigLayers:
+    """The start-up layers kept apart, so a reload re-reads only the file and every value can
+    say where it came from."""
+
+    environment: Mapping[str, Any]
+    file: Mapping[str, Any]
+    flags: Mapping[str, Any]
+    path: str | None = None
+    flags_label: str = "flag"
+
+    @classmethod
+    def of(cls, config: RouterConfig) -> ConfigLayers:
+        """Layers for a configuration built in code (tests, embedding): no file to reload."""
+        return cls({}, {}, config.model_dump(exclude_defaults=True), None, "application")
+
+    def build(self) -> RouterConfig:
+        return build_config(self.environment, self.file, self.flags)
+
+    def with_file_reloaded(self) -> ConfigLayers:
+        """The same layers with the file read again (ConfigError when it cannot be)."""
+        return replace(self, file=read_yaml(self.path) if self.path else {})
+
+    def source_of(self, path: tuple[str, ...]) -> str:
+        """Which layer set this value: flag, file, environment or default."""
+        for name, layer in ((self.flags_label, self.flags), (f"file {self.path}", self.file)):
+            if _has_path(layer, path):
+                return name
+        if _has_path(self.environment, path):
+            return "environment"
+        return "default"
+
+
+def _has_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = tree
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_layers(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ConfigLayers:
+    return ConfigLayers(
+        environment=environment_overrides(os.environ if environ is None else environ),
+        file=read_yaml(path) if path else {},
+        flags=overrides or {},
+        path=str(path) if path else None,
+    )
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> RouterConfig:
-    env_layer = environment_overrides(os.environ if environ is None else environ)
-    file_layer = read_yaml(path) if path else {}
-    return build_config(env_layer, file_layer, overrides or {})
+    return load_layers(path, overrides, environ).build()

@@ -40,6 +40,7 @@ from router.clock import Clock
 from router.config import RouterConfig
 from router.keys import request_key
 from router.metrics import RouterMetrics
+from router.policy_manager import PolicyManager
 from router.singleflight import SingleFlight
 from router.upstream import StreamBroken, UpstreamPool, UpstreamReply
 
@@ -99,8 +100,10 @@ class Dispatcher:
         cache: ResponseCache,
         metrics: RouterMetrics,
         clock: Clock,
+        policy: PolicyManager,
     ) -> None:
         self._config = config
+        self._policy = policy  # live cache rules (TTL, admission) from the fleet policy
         self._cloud = cloud
         self._edge = edge
         self._classifier = classifier
@@ -152,13 +155,14 @@ class Dispatcher:
         # measured as best decides what stays. Strict mode (2) keeps only keys seen twice.
         # Independent of the threshold on purpose: when the edge is overloaded the threshold
         # rises, and the cache, which costs nothing to serve from, must not take less then.
-        if answer is not None and write and verdict.estimate >= self._config.cache.min_frequency:
+        rules = self._policy.values.cache
+        if answer is not None and write and verdict.estimate >= rules.min_frequency:
             self._cache.put(
                 key.fingerprint,
                 answer,
                 size=answer.size,
                 now=self._clock.now(),
-                ttl_s=self._config.cache.ttl_s,
+                ttl_s=rules.ttl_s,
                 tenant=tenant,
             )
         return response

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hotcold.http import read_document, respond
 from hotcold.wire import ServiceUnavailable, parse_chat_request, parse_completion_request
+from router.admin import fleet_status
 from router.dispatch import Dispatcher
 from router.middlewares import METRICS
 from router.upstream import UpstreamPool
@@ -100,6 +101,8 @@ async def readyz(request: web.Request) -> web.Response:
             "ready": bool(edge_ready),
             "endpoints": edge.snapshot() if edge is not None else [],
         },
+        # Reported, never deciding: a router without Redis serves on its last policy.
+        "fleet": fleet_status(request.app),
     }
     return respond(request, document, status=200 if cloud_ready else 503)
 

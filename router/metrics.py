@@ -6,8 +6,8 @@ at scrape time by a collector, so the request path never updates them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -82,6 +82,10 @@ class PolicyView(Protocol):
     def sketch(self) -> FrequencySketch: ...
     @property
     def coalesced(self) -> int: ...
+    @property
+    def policy_version(self) -> int: ...
+    @property
+    def reloads(self) -> Mapping[str, int]: ...
 
 
 class _PolicyCollector(Collector):
@@ -105,6 +109,10 @@ class _PolicyCollector(Collector):
             "hotcold_cache_bytes": ("Bytes of cached answers.", cache.bytes),
             "hotcold_cache_hit_ratio": ("Hit ratio since start.", cache.stats.hit_ratio),
             "hotcold_sketch_memory_bytes": ("Frequency sketch memory.", view.sketch.memory_bytes),
+            "hotcold_policy_version": (
+                "Version of the fleet policy in effect (0: start-up values only).",
+                view.policy_version,
+            ),
         }
         for name, (help_text, value) in gauges.items():
             family = GaugeMetricFamily(name, help_text)
@@ -140,6 +148,45 @@ class _PolicyCollector(Collector):
             counter = CounterMetricFamily(name, help_text)
             counter.add_metric([], float(value))
             yield counter
+        reloads = CounterMetricFamily(
+            "hotcold_config_reloads", "Config file reloads, by result.", labels=["result"]
+        )
+        for result, count in view.reloads.items():
+            reloads.add_metric([result], float(count))
+        yield reloads
+
+
+class _FleetCollector(Collector):
+    """Redis sync state, read from ``FleetSync.status()`` (None: no fleet configured)."""
+
+    def __init__(self, status: Callable[[], Mapping[str, Any] | None]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        status = self._status()
+        up = GaugeMetricFamily(
+            "hotcold_fleet_redis_up",
+            "1 when the fleet's Redis answered the last call, 0 when not (absent standalone).",
+        )
+        members = GaugeMetricFamily("hotcold_fleet_members", "Live routers in the fleet.")
+        merged = GaugeMetricFamily(
+            "hotcold_fleet_sketches_merged", "Other routers' sketches in the frequency view."
+        )
+        refused = CounterMetricFamily(
+            "hotcold_fleet_documents_refused",
+            "Policy documents in Redis refused (malformed, foreign, invalid).",
+            labels=["reason"],
+        )
+        errors = CounterMetricFamily("hotcold_fleet_redis_errors", "Failed Redis calls.")
+        if status is None:
+            return
+        up.add_metric([], 1.0 if status["state"] == "connected" else 0.0)
+        members.add_metric([], float(len(status["members"])))
+        merged.add_metric([], float(status["sketches_merged"]))
+        for reason, count in status["refused_documents"].items():
+            refused.add_metric([reason], float(count))
+        errors.add_metric([], float(status["errors"]))
+        yield from (up, members, merged, refused, errors)
 
 
 class RouterMetrics:
@@ -182,6 +229,9 @@ class RouterMetrics:
 
     def watch_policy(self, view: Callable[[], PolicyView]) -> None:
         self.registry.register(_PolicyCollector(view))
+
+    def watch_fleet(self, status: Callable[[], Mapping[str, Any] | None]) -> None:
+        self.registry.register(_FleetCollector(status))
 
     def watch_pool(self, pool: UpstreamPool) -> None:
         self._pools.append(pool)

@@ -138,6 +138,29 @@ class ThresholdController:
         self._delay_sum_ms = 0.0
         self._delay_count = 0
 
+    def reconfigure(self, params: ThresholdParams, now: float, why: str) -> None:
+        """Take new bounds and loop settings at once, keeping what the loop has learnt (the
+        baseline and multiplier); the value is clamped into the new bounds immediately."""
+        if params == self.params:
+            return
+        self.params = params
+        baseline = max(self.baseline, 1e-9)
+        self.multiplier = min(
+            max(self.multiplier, params.minimum / baseline), params.maximum / baseline
+        )
+        self.value = min(max(self.baseline * self.multiplier, params.minimum), params.maximum)
+        self.reason = why
+        self.history.append(
+            Decision(
+                now,
+                round(self.value, 3),
+                round(self.baseline, 3),
+                round(self.multiplier, 3),
+                None,
+                why,
+            )
+        )
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "value": round(self.value, 3),

@@ -16,6 +16,7 @@ from cloud_stub import StubConfig
 from cloud_stub import create_app as create_stub_app
 from cloud_stub.handlers import STATE
 from hotcold.procs import ServiceProcess
+from hotcold.redis_process import RedisProcess, redis_server_path
 from hotcold.serving import Server, free_port
 from router import create_app as create_router_app
 from router.config import build_config
@@ -87,3 +88,20 @@ def processes() -> Iterator[Callable[..., ServiceProcess]]:
     yield make
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def redis_servers() -> Iterator[Callable[..., RedisProcess]]:
+    """Real redis-server processes on free loopback ports (skips when none is installed)."""
+    if redis_server_path() is None:
+        pytest.skip("redis-server is not installed")
+    started: list[RedisProcess] = []
+
+    def make(**options: Any) -> RedisProcess:
+        server = RedisProcess(**options)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

@@ -14,6 +14,7 @@ from hotcold.wire.codec import (
 from hotcold.wire.errors import (
     ApiError,
     BadRequest,
+    Conflict,
     InvalidField,
     NotFound,
     PayloadTooLarge,
@@ -41,6 +42,7 @@ __all__ = [
     "BadRequest",
     "ChatCompletionRequest",
     "CompletionRequest",
+    "Conflict",
     "InferenceRequest",
     "InvalidField",
     "NotFound",

@@ -76,6 +76,12 @@ class NotFound(ApiError):
     default_code = "not_found"
 
 
+class Conflict(ApiError):
+    status = 409
+    error_type = "conflict_error"
+    default_code = "version_conflict"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     error_type = "invalid_request_error"

@@ -1,0 +1,114 @@
+"""A real ``redis-server`` as a child process on a loopback port, for tests and benchmarks.
+
+It can be killed (SIGKILL, like a machine dying) and started again on the same port, empty
+(no persistence), which is the harshest thing a restart can do to the fleet's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from hotcold.serving import free_port
+
+
+class RedisUnavailable(RuntimeError):
+    pass
+
+
+def redis_server_path() -> str | None:
+    return shutil.which("redis-server")
+
+
+class RedisProcess:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        workdir: Path | None = None,
+    ) -> None:
+        binary = redis_server_path()
+        if binary is None:
+            raise RedisUnavailable("redis-server is not installed (apt install redis-server)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.password = password
+        self.extra_args = extra_args
+        self._own_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="hotcold-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.workdir),
+            "--logfile", str(self.workdir / f"redis-{self.port}.log"),
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(
+            [*args, *self.extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def client(self) -> Redis:
+        return Redis(host="127.0.0.1", port=self.port, password=self.password)
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        client = self.client()
+        try:
+            while True:
+                try:
+                    if await client.ping():
+                        return
+                except (RedisError, OSError):
+                    pass
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RedisUnavailable(f"redis-server exited with {self.proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise RedisUnavailable(f"redis-server not ready on {self.port} in {timeout_s}s")
+                await asyncio.sleep(0.02)
+        finally:
+            await client.aclose()
+
+    async def started(self) -> RedisProcess:
+        self.start()
+        await self.wait_ready()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
