@@ -12,6 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -28,6 +29,33 @@ def redis_server_path() -> str | None:
     return shutil.which("redis-server")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def self_signed(cls, directory: Path) -> TlsFiles:
+        """A throwaway CA and a certificate for 127.0.0.1 it signed (needs openssl)."""
+        ca_key, ca, key, csr, cert = (
+            directory / name for name in ("ca.key", "ca.crt", "redis.key", "redis.csr", "redis.crt")
+        )
+        ext = directory / "san.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        commands = [
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=hotcold-test-ca", "-keyout", ca_key, "-out", ca],
+            ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+             "-keyout", key, "-out", csr],
+            ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+             "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", cert],
+        ]  # fmt: skip
+        for command in commands:
+            subprocess.run([str(part) for part in command], check=True, capture_output=True)
+        return cls(cert, key, ca)
+
+
 class RedisProcess:
     def __init__(
         self,
@@ -36,6 +64,7 @@ class RedisProcess:
         password: str | None = None,
         extra_args: tuple[str, ...] = (),
         workdir: Path | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         binary = redis_server_path()
         if binary is None:
@@ -44,6 +73,7 @@ class RedisProcess:
         self.port = port or free_port()
         self.password = password
         self.extra_args = extra_args
+        self.tls = tls
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="hotcold-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -51,6 +81,8 @@ class RedisProcess:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}?ssl_ca_certs={self.tls.ca}"
         return f"redis://{auth}127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -65,12 +97,20 @@ class RedisProcess:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls is not None:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += [
+                "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         self.proc = subprocess.Popen(
             [*args, *self.extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
 
     def client(self) -> Redis:
-        return Redis(host="127.0.0.1", port=self.port, password=self.password)
+        return Redis.from_url(self.url)
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgpack
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from router.config import FleetConfig
 from router.fleet_sketch import SketchSnapshot, SnapshotError, install_fleet_view
@@ -51,6 +51,8 @@ from router.sketch import FrequencySketch
 
 log = logging.getLogger("hotcold.fleet")
 T = TypeVar("T")
+# What a Redis call can fail with (RedisClusterException is not a RedisError).
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 _COMMIT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') or -1
@@ -172,26 +174,31 @@ class FleetSync:
         ]
 
     async def stop(self) -> None:
+        """Leave the fleet (best effort) and close; bounded, whatever state Redis is in."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.config.redis_timeout_s)
+        with contextlib.suppress(*REDIS_FAILURES):
             async with asyncio.timeout(self.config.redis_timeout_s):
                 await self._client.zrem(self.members_key, self.router_id)
                 await self._client.hdel(self.info_key, self.router_id)
                 await self._client.hdel(self.sketches_key, self.router_id)
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
+        with contextlib.suppress(*REDIS_FAILURES):
+            async with asyncio.timeout(self.config.redis_timeout_s):
+                await self._client.aclose()
 
     def _every(
         self, period_s: float, step: Callable[[], Awaitable[None]]
     ) -> Callable[[], Coroutine[Any, Any, None]]:
         async def loop() -> None:
             while True:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                try:
                     await step()
+                except REDIS_FAILURES:
+                    pass  # counted and logged by _call; the next period tries again
+                except Exception:  # a bug must not end the loop: log it and go on
+                    log.exception("fleet %s failed", getattr(step, "__name__", "step"))
                 await asyncio.sleep(period_s)
 
         return loop
@@ -201,7 +208,7 @@ class FleetSync:
         try:
             async with asyncio.timeout(self.config.redis_timeout_s):
                 result = await operation
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             if self.reachable is not False:
@@ -229,7 +236,7 @@ class FleetSync:
                     args=[expected_version, document.version, document.encode(), self.channel],
                 )
             )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             raise StoreUnavailable(f"the fleet's Redis ({self.url}) did not answer: {exc}") from exc
         if not stored:
             raise VersionConflict(expected_version, int(version))
@@ -295,17 +302,21 @@ class FleetSync:
         while True:
             pubsub = self._client.pubsub()
             try:
+                await self.sync_policy()  # first: it also discovers a cluster's slots
                 await self._call(pubsub.subscribe(self.channel))
-                await self.sync_policy()  # whatever changed while we were not listening
+                await self.sync_policy()  # whatever changed while we were subscribing
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         await self.sync_policy()
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_FAILURES:
                 self.reachable = False
                 await asyncio.sleep(self.config.poll_interval_s)
+            except Exception:  # a bug must not end the loop: log it and go on
+                log.exception("fleet subscription failed; retrying")
+                await asyncio.sleep(self.config.poll_interval_s)
             finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                with contextlib.suppress(*REDIS_FAILURES):
                     async with asyncio.timeout(self.config.redis_timeout_s):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
 
