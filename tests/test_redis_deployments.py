@@ -130,15 +130,10 @@ async def test_cluster(
     stub: StubFactory, router: RouterFactory, redis_servers: Redis, tmp_path: Path
 ) -> None:
     """A one-node Redis Cluster owning every slot: the fleet's keys share one slot."""
-    node = redis_servers(
-        # The bus port defaults to port + 10000, which may be over 65535 or taken: pick one.
-        extra_args=(
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", "nodes.conf",
-            "--cluster-port", str(free_port()),
-        ),  # fmt: skip
-        workdir=tmp_path,
-    )
+    # The bus port defaults to port + 10000, which may be over 65535 or taken: pick one.
+    cluster_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+    cluster_args += ["--cluster-port", str(free_port())]
+    node = redis_servers(extra_args=tuple(cluster_args), workdir=tmp_path)
     await node.started()
     client = node.client()
     try:
