@@ -7,12 +7,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgpack
 import pytest
+import yaml
 
+from hotcold.procs import ServiceProcess
 from hotcold.redis_process import RedisProcess
 from hotcold.serving import Server
 from router.policy import FleetDocument
@@ -374,3 +377,35 @@ async def test_bad_changes_are_refused_with_the_key_named(
     )
     assert status == 200 and headers["ETag"] == '"1"'
     assert document["policy"]["sources"]["pins"]["layer"] == "fleet"
+
+
+async def test_a_dead_router_leaves_the_fleet_after_its_ttl(
+    stub: StubFactory,
+    router: RouterFactory,
+    redis_servers: Redis,
+    processes: Callable[..., ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    redis = await redis_servers().started()
+    cloud = await stub()
+    first = await router([cloud.url], fleet=fleet(redis, "a"))
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({"fleet": {**fleet(redis, "doomed"), "router_id": None}}))
+    doomed = processes(
+        "router", "--config", str(config), "--cloud-endpoint", cloud.url, "--router-id", "doomed"
+    )
+    await doomed.started()
+
+    async def members() -> list[str]:
+        _, _, status = await admin(first.url, path="/admin/fleet")
+        return sorted(member["router_id"] for member in status["members"])
+
+    await wait_for(lambda: _equals(members(), ["a", "doomed"]), timeout_s=5, message="joined")
+    doomed.kill()  # no goodbye: only the heartbeat's expiry can remove it
+    killed = time.monotonic()
+    await wait_for(lambda: _equals(members(), ["a"]), timeout_s=5, message="expired")
+    assert time.monotonic() - killed >= FAST_FLEET["member_ttl_s"] * 0.8
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
