@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_node.config import EdgeNodeConfig
-from edge_node.metrics import EdgeMetrics
+from edge_node.metrics import EdgeMetrics, process_rss
 from edge_node.model import LoadedModel
 from edge_node.runner import Generation, QueueFull, Runner, TextAssembler
 from hotcold.http import read_document, respond
@@ -285,6 +285,7 @@ async def healthz(http: web.Request) -> web.Response:
             **_model_info(state),
             "queued": state.runner.waiting,
             "active": state.runner.active,
+            "memory": {"rss_bytes": int(process_rss()), "device_allocated_bytes": device_allocated()},
         },
     )
 

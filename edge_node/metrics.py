@@ -57,7 +57,7 @@ class EdgeMetrics:
             "Resident memory of the edge node process.",
             registry=self.registry,
         )
-        self.process_bytes.set_function(_rss)
+        self.process_bytes.set_function(process_rss)
         self.device_bytes = Gauge(
             "hotcold_edge_device_allocated_bytes",
             "GPU memory allocated by torch (0 on CPU).",
@@ -83,7 +83,7 @@ class EdgeMetrics:
             self.tokens_per_second.set(tokens_out / seconds)
 
 
-def _rss() -> float:
+def process_rss() -> float:
     try:
         with open(f"/proc/{os.getpid()}/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -31,6 +32,8 @@ from router.classify import Classifier, PinRule
 from router.clock import Clock, MonotonicClock
 from router.config import ConfigLayers, RouterConfig
 from router.config_watch import watch_config
+from router.cost import CostEstimate, estimate_cost
+from router.dashboard import DASHBOARD, DashboardRecorder, dashboard_data, dashboard_page, favicon
 from router.dispatch import Dispatcher
 from router.fleet import FleetSync
 from router.handlers import (
@@ -146,6 +149,39 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+async def _dashboard(app: web.Application) -> AsyncIterator[None]:
+    """The cost estimate (metrics) and the dashboard's sampler."""
+    config = app[CONFIG]
+    metrics = app[METRICS]
+    started = time.monotonic()
+    has_edge = bool(config.edge.endpoints)
+
+    def cost() -> CostEstimate:
+        edge_hours = (time.monotonic() - started) / 3600 if has_edge else 0.0
+        return estimate_cost(config.cost, metrics.token_totals, edge_hours)
+
+    metrics.watch_cost(cost)
+    state = app[POLICY_STATE]
+    recorder = DashboardRecorder(
+        metrics,
+        lambda: {"threshold": round(state.controller.value, 3)},
+        cost,
+        config.dashboard.history_points,
+    )
+    app[DASHBOARD] = recorder
+    edge_url = config.edge.endpoints[0] if config.edge.endpoints else None
+    sampler = asyncio.create_task(
+        recorder.run(config.dashboard.sample_interval_s, app[SESSION], edge_url),
+        name="dashboard-sampler",
+    )
+    try:
+        yield
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+
+
 async def _fleet(app: web.Application) -> AsyncIterator[None]:
     """Fleet sync when Redis is configured; the config file watch and SIGHUP reload always."""
     config = app[CONFIG]
@@ -203,6 +239,7 @@ def create_app(
     app[HANDLE_SIGNALS] = handle_signals
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_fleet)
+    app.cleanup_ctx.append(_dashboard)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
@@ -213,4 +250,7 @@ def create_app(
     app.router.add_put("/admin/policy", put_policy)
     app.router.add_get("/admin/fleet", get_fleet)
     app.router.add_post("/admin/reload", reload_config)
+    app.router.add_get("/dashboard", dashboard_page)
+    app.router.add_get("/dashboard/data", dashboard_data)
+    app.router.add_get("/favicon.ico", favicon)
     return app

@@ -200,6 +200,20 @@ class FleetConfig(_Frozen):
         return self
 
 
+class CostConfig(_Frozen):
+    """Prices that turn token counts into an estimated cost (and what all-cloud would cost)."""
+
+    currency: str = Field(default="USD", max_length=8)
+    cloud_input_per_1k_tokens: float = Field(default=0.00015, ge=0)
+    cloud_output_per_1k_tokens: float = Field(default=0.0006, ge=0)
+    edge_gpu_per_hour: float = Field(default=0.05, ge=0)
+
+
+class DashboardConfig(_Frozen):
+    sample_interval_s: float = Field(default=1.0, gt=0)
+    history_points: int = Field(default=600, ge=10, le=86_400)  # bounded: 10 min at 1 s
+
+
 class LoggingConfig(_Frozen):
     level: str = "INFO"
     json_lines: bool = False
@@ -213,6 +227,8 @@ class RouterConfig(_Frozen):
     cache: CacheConfig = CacheConfig()
     admin: AdminConfig = AdminConfig()
     fleet: FleetConfig = FleetConfig()
+    cost: CostConfig = CostConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

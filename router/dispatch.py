@@ -172,6 +172,7 @@ class Dispatcher:
     ) -> web.StreamResponse:
         http[DECISION] = decision
         headers = decision.headers()
+        self._count_tokens(answer.document.get("usage"), "cache")  # no upstream cost
         if request.stream:
             return web.Response(
                 body=b"".join(replay_events(answer, request)), headers={**SSE_HEADERS, **headers}
@@ -304,6 +305,6 @@ class Dispatcher:
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int) and prompt >= 0:
-            self._metrics.tokens.labels("in", served_by).inc(prompt)
+            self._metrics.count_tokens("in", served_by, prompt)
         if isinstance(completion, int) and completion >= 0:
-            self._metrics.tokens.labels("out", served_by).inc(completion)
+            self._metrics.count_tokens("out", served_by, completion)

@@ -6,6 +6,7 @@ at scrape time by a collector, so the request path never updates them.
 
 from __future__ import annotations
 
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -15,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from router.breaker import BreakerState
 from router.cache import ResponseCache
+from router.cost import CostEstimate
 from router.sketch import FrequencySketch
 from router.threshold import ThresholdController
 from router.upstream import UpstreamPool
@@ -189,10 +191,65 @@ class _FleetCollector(Collector):
         yield from (up, members, merged, refused, errors)
 
 
+class RecentLatencies:
+    """The last answers' latencies per route, for the dashboard's p50/p99 over a recent
+    window (a histogram's cumulative buckets cannot say "the last 10 seconds"). Bounded."""
+
+    def __init__(self, per_route: int = 4096) -> None:
+        self._per_route = per_route
+        self._samples: dict[str, deque[tuple[float, float]]] = {}
+
+    def observe(self, route: str, at: float, latency_s: float) -> None:
+        samples = self._samples.get(route)
+        if samples is None:
+            samples = self._samples[route] = deque(maxlen=self._per_route)
+        samples.append((at, latency_s))
+
+    def percentiles(self, since: float) -> dict[str, dict[str, float]]:
+        """{route: {"p50": ms, "p99": ms, "count": n}} over the samples newer than ``since``."""
+        result = {}
+        for route, samples in self._samples.items():
+            recent = sorted(latency for at, latency in samples if at >= since)
+            if recent:
+                result[route] = {
+                    "p50": round(recent[int(0.50 * (len(recent) - 1))] * 1000, 2),
+                    "p99": round(recent[int(0.99 * (len(recent) - 1))] * 1000, 2),
+                    "count": len(recent),
+                }
+        return result
+
+
+class _CostCollector(Collector):
+    def __init__(self, metrics: RouterMetrics, cost: Callable[[], CostEstimate]) -> None:
+        self._metrics = metrics
+        self._cost = cost
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        estimate = self._cost()
+        family = GaugeMetricFamily(
+            "hotcold_cost_estimated",
+            "Estimated cost of the traffic since start, in the configured currency: actual"
+            " (cloud tokens + edge GPU hours) and all_cloud (every token at cloud prices).",
+            labels=["scenario"],
+        )
+        family.add_metric(["actual"], estimate.actual)
+        family.add_metric(["all_cloud"], estimate.all_cloud)
+        yield family
+        saved = GaugeMetricFamily(
+            "hotcold_cost_saved", "all_cloud - actual, in the configured currency."
+        )
+        saved.add_metric([], estimate.saved)
+        yield saved
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._pools: list[UpstreamPool] = []
+        # Plain totals beside the Prometheus series, for the cost estimate and the dashboard.
+        self.token_totals: dict[tuple[str, str], int] = defaultdict(int)
+        self.answer_totals: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.recent = RecentLatencies()
         self.requests = Counter(
             "hotcold_requests",
             "Answered inference requests.",
@@ -215,7 +272,8 @@ class RouterMetrics:
         )
         self.tokens = Counter(
             "hotcold_tokens",
-            "Tokens in answered requests, by direction and producer.",
+            "Tokens in answered requests, by direction and producer (cache: replayed from the"
+            " cache or shared with an identical request in flight).",
             ["direction", "served_by"],
             registry=self.registry,
         )
@@ -229,6 +287,23 @@ class RouterMetrics:
 
     def watch_policy(self, view: Callable[[], PolicyView]) -> None:
         self.registry.register(_PolicyCollector(view))
+
+    def count_tokens(self, direction: str, served_by: str, count: int) -> None:
+        self.tokens.labels(direction, served_by).inc(count)
+        self.token_totals[(direction, served_by)] += count
+
+    def count_answer(
+        self, api: str, decision: tuple[str, str, str], status: str, latency_s: float, at: float
+    ) -> None:
+        route, cache, served_by = decision
+        self.requests.labels(api, route, cache, served_by, status).inc()
+        self.latency.labels(route, served_by).observe(latency_s)
+        self.answer_totals[(route, served_by, cache)] += 1
+        if status == "200":
+            self.recent.observe(route, at, latency_s)
+
+    def watch_cost(self, cost: Callable[[], CostEstimate]) -> None:
+        self.registry.register(_CostCollector(self, cost))
 
     def watch_fleet(self, status: Callable[[], Mapping[str, Any] | None]) -> None:
         self.registry.register(_FleetCollector(status))

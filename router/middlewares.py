@@ -37,12 +37,13 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         decision: Decision = request.get(DECISION, ROUTER_ANSWER)
         if api is not None:
-            metrics = request.app[METRICS]
-            metrics.requests.labels(
-                api, decision.route, decision.cache, decision.served_by, status
-            ).inc()
-            metrics.latency.labels(decision.route, decision.served_by).observe(
-                time.perf_counter() - started
+            finished = time.perf_counter()
+            request.app[METRICS].count_answer(
+                api,
+                (decision.route, decision.cache, decision.served_by),
+                status,
+                finished - started,
+                finished,
             )
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", request[REQUEST_ID])

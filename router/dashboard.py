@@ -1,0 +1,193 @@
+"""``/dashboard``: one page, no build step, that shows the gateway live.
+
+A recorder samples the router's state every ``dashboard.sample_interval_s`` into a bounded
+history (``dashboard.history_points``, 600 = 10 minutes at 1 s), so the page shows the recent
+past the moment it opens; the page polls ``/dashboard/data`` and draws with inline SVG. The
+edge node's load and memory come from its ``/healthz``, read by the recorder (never by a
+request), with a short timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from hotcold.http import respond
+from router.admin import POLICY_STATE, fleet_status, require_admin
+from router.cost import CostEstimate
+from router.handlers import CLOUD
+from router.metrics import RouterMetrics
+
+ADMIN_COOKIE = "hotcold_admin"
+WINDOW_S = 10.0  # latency percentiles over the last 10 s
+
+
+class DashboardRecorder:
+    def __init__(
+        self,
+        metrics: RouterMetrics,
+        state: Callable[[], dict[str, Any]],
+        cost: Callable[[], CostEstimate],
+        history_points: int,
+    ) -> None:
+        self.metrics = metrics
+        self._state = state
+        self.cost = cost
+        self.history: deque[dict[str, Any]] = deque(maxlen=history_points)
+        self.edge_node: dict[str, Any] | None = None
+        self._previous: dict[tuple[str, str, str], int] = {}
+        self._previous_at: float | None = None
+        self._lookups: deque[tuple[float, int, int]] = deque()  # (at, hits, lookups) totals
+
+    def sample(self) -> dict[str, Any]:
+        """One point: rates since the previous point, the current levels."""
+        now = time.perf_counter()
+        totals = dict(self.metrics.answer_totals)
+        elapsed = now - self._previous_at if self._previous_at is not None else None
+        delta = {key: count - self._previous.get(key, 0) for key, count in totals.items()}
+        self._previous, self._previous_at = totals, now
+
+        def rate(match: Callable[[tuple[str, str, str]], bool]) -> float:
+            if not elapsed:
+                return 0.0
+            return round(sum(v for k, v in delta.items() if match(k)) / elapsed, 2)
+
+        # Hit ratio over the last WINDOW_S: per-interval ratios are mostly gaps at low rates.
+        hits_total = sum(v for (_, _, cache), v in totals.items() if cache == "hit")
+        lookups_total = sum(v for (_, _, cache), v in totals.items() if cache in ("hit", "miss"))
+        self._lookups.append((now, hits_total, lookups_total))
+        while len(self._lookups) > 1 and self._lookups[0][0] < now - WINDOW_S:
+            self._lookups.popleft()
+        _, hits_then, lookups_then = self._lookups[0]
+        hits, lookups = hits_total - hits_then, lookups_total - lookups_then
+        state = self._state()
+        latency = self.metrics.recent.percentiles(now - WINDOW_S)
+        cost = self.cost()
+        point = {
+            "t": round(time.time(), 3),
+            "hot_rps": rate(lambda key: key[0] == "hot"),
+            "cold_rps": rate(lambda key: key[0] == "cold"),
+            "cache_rps": rate(lambda key: key[1] == "cache"),
+            "edge_rps": rate(lambda key: key[1] == "edge"),
+            "cloud_rps": rate(lambda key: key[1] == "cloud"),
+            "hit_ratio": round(hits / lookups, 4) if lookups else None,
+            "threshold": state["threshold"],
+            "p50_hot": latency.get("hot", {}).get("p50"),
+            "p99_hot": latency.get("hot", {}).get("p99"),
+            "p50_cold": latency.get("cold", {}).get("p50"),
+            "p99_cold": latency.get("cold", {}).get("p99"),
+            "saved": round(cost.saved, 6),
+            "edge_queued": (self.edge_node or {}).get("queued"),
+        }
+        self.history.append(point)
+        return point
+
+    async def run(
+        self, interval_s: float, session: aiohttp.ClientSession, edge_url: str | None
+    ) -> None:
+        while True:
+            if edge_url is not None:
+                self.edge_node = await _edge_health(session, edge_url)
+            self.sample()
+            await asyncio.sleep(interval_s)
+
+
+async def _edge_health(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+        async with session.get(url + "/healthz", timeout=aiohttp.ClientTimeout(total=1.0)) as r:
+            if r.status == 200:
+                document = orjson.loads(await r.read())
+                return document if isinstance(document, dict) else None
+    return None
+
+
+DASHBOARD = web.AppKey("dashboard", DashboardRecorder)
+
+
+def _require_admin_or_cookie(request: web.Request) -> None:
+    """The admin token as a bearer header, or as the cookie that ``/dashboard?token=`` sets
+    (a browser cannot send a bearer header when it opens a page)."""
+    token = request.app[POLICY_STATE].config.admin.token
+    cookie = request.cookies.get(ADMIN_COOKIE)
+    if token is not None and cookie is not None and "Authorization" not in request.headers:
+        request = request.clone(headers={**request.headers, "Authorization": f"Bearer {cookie}"})
+    require_admin(request, token)
+
+
+async def dashboard_page(request: web.Request) -> web.StreamResponse:
+    offered = request.query.get("token")
+    if offered is not None:  # move the token from the URL into an HttpOnly cookie
+        response = web.HTTPFound("/dashboard")
+        response.set_cookie(ADMIN_COOKIE, offered, httponly=True, samesite="Strict")
+        raise response
+    _require_admin_or_cookie(request)
+    page = resources.files("router").joinpath("static/dashboard.html").read_bytes()
+    return web.Response(
+        body=page,
+        content_type="text/html",
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": _CSP},
+    )
+
+
+_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:"
+)
+
+
+async def favicon(request: web.Request) -> web.Response:
+    """Browsers ask for it on every page of this origin (the API's error pages too)."""
+    return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
+
+
+async def dashboard_data(request: web.Request) -> web.Response:
+    _require_admin_or_cookie(request)
+    recorder = request.app[DASHBOARD]
+    state = request.app[POLICY_STATE]
+    metrics = recorder.metrics
+    cost = recorder.cost()
+    answers: dict[str, dict[str, int]] = {}
+    for (route, served_by, _), count in metrics.answer_totals.items():
+        by_producer = answers.setdefault(route, {})
+        by_producer[served_by] = by_producer.get(served_by, 0) + count
+    controller = state.controller
+    document = {
+        "now": time.time(),
+        "history": list(recorder.history),
+        "answers": answers,
+        "cache": state.cache.snapshot(),
+        "threshold": {
+            "value": round(controller.value, 3),
+            "min": controller.params.minimum,
+            "max": controller.params.maximum,
+            "reason": controller.reason,
+        },
+        "latency_ms": metrics.recent.percentiles(time.perf_counter() - WINDOW_S),
+        "edge": {
+            "configured": state.edge is not None,
+            "endpoints": state.edge.snapshot() if state.edge else [],
+            "outstanding": state.edge.outstanding if state.edge else 0,
+            "max_inflight": state.config.edge.max_inflight,
+            "node": recorder.edge_node,
+        },
+        "cloud": request.app[CLOUD].snapshot(),
+        "cost": {
+            "currency": state.config.cost.currency,
+            "actual": round(cost.actual, 6),
+            "all_cloud": round(cost.all_cloud, 6),
+            "saved": round(cost.saved, 6),
+            "saved_fraction": round(cost.saved_fraction, 4),
+        },
+        "fleet": fleet_status(request.app),
+        "policy_version": state.manager.document.version,
+    }
+    return respond(request, document, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,144 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright): the page loads,
+its numbers move under load, the browser logs no error, and a screenshot is left in
+``test-output/`` (or ``$HOTCOLD_TEST_OUTPUT``). Also: cost estimate and /metrics series."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.config import CostConfig
+from router.cost import estimate_cost
+from tests.conftest import RouterFactory, StubFactory
+from tests.support import ROOT, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+OUTPUT = Path(os.environ.get("HOTCOLD_TEST_OUTPUT", ROOT / "test-output"))
+
+
+def test_cost_estimate_prices_tokens_and_edge_hours() -> None:
+    prices = CostConfig(
+        cloud_input_per_1k_tokens=1.0, cloud_output_per_1k_tokens=2.0, edge_gpu_per_hour=0.5
+    )
+    tokens = {("in", "cloud"): 1000, ("out", "cloud"): 500, ("in", "cache"): 3000,
+              ("out", "edge"): 1000}  # fmt: skip
+    estimate = estimate_cost(prices, tokens, edge_hours=2.0)
+    assert estimate.actual == pytest.approx(1.0 + 1.0 + 1.0)  # cloud in, cloud out, 2 h x 0.5
+    assert estimate.all_cloud == pytest.approx(1.0 + 1.0 + 3.0 + 2.0)
+    assert estimate.saved == pytest.approx(4.0)
+    assert estimate.saved_fraction == pytest.approx(4.0 / 7.0)
+
+
+def chat(text: str) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": text}], "max_tokens": 8,
+            "temperature": 0}  # fmt: skip
+
+
+async def drive(url: str, requests: int, distinct: int = 10) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(index: int) -> None:
+            async with session.post(
+                url + "/v1/chat/completions", json=chat(f"sensor {index % distinct}")
+            ) as response:
+                assert response.status == 200
+                await response.read()
+
+        for start in range(0, requests, 16):
+            await asyncio.gather(*(one(i) for i in range(start, min(requests, start + 16))))
+
+
+async def test_metrics_parse_and_carry_the_operator_series(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    cloud = await stub()
+    server = await router([cloud.url])
+    await drive(server.url, 40)
+    async with aiohttp.ClientSession() as session, session.get(server.url + "/metrics") as r:
+        text = await r.text()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    expected = [
+        "hotcold_requests", "hotcold_request_latency_seconds", "hotcold_threshold",
+        "hotcold_threshold_min", "hotcold_threshold_max", "hotcold_cache_entries",
+        "hotcold_cache_bytes", "hotcold_cache_hit_ratio", "hotcold_cache_evictions",
+        "hotcold_sketch_memory_bytes", "hotcold_upstream_up", "hotcold_upstream_outstanding",
+        "hotcold_upstream_circuit_state", "hotcold_policy_version", "hotcold_tokens",
+        "hotcold_cost_estimated", "hotcold_cost_saved",
+    ]  # fmt: skip
+    missing = [name for name in expected if name not in families]
+    assert not missing, missing
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in families.values()
+        for s in family.samples
+    }
+    all_cloud = samples[("hotcold_cost_estimated", (("scenario", "all_cloud"),))]
+    actual = samples[("hotcold_cost_estimated", (("scenario", "actual"),))]
+    assert all_cloud > actual > 0  # the cache answered 30 of the 40 for free
+    cache_tokens = sum(
+        value for (name, labels), value in samples.items()
+        if name == "hotcold_tokens_total" and ("served_by", "cache") in labels
+    )  # fmt: skip
+    assert cache_tokens > 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium)")
+async def test_dashboard_live_in_headless_chromium(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    from playwright.async_api import async_playwright
+
+    cloud = await stub()
+    server = await router(
+        [cloud.url, (await stub()).url],
+        dashboard={"sample_interval_s": 0.2},
+        admin={"token": "dashboard-admin-token"},
+    )
+    errors: list[str] = []
+    OUTPUT.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on(
+                "response",
+                lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+            )
+            # Without the admin token the page is refused; with it, the cookie carries it.
+            refused = await page.goto(server.url + "/dashboard")
+            assert refused is not None and refused.status == 401
+            errors.clear()  # the browser logs the 401 itself
+            await page.goto(server.url + "/dashboard?token=dashboard-admin-token")
+            await page.wait_for_function(
+                "document.getElementById('stat-total').textContent === '0'"
+            )
+            assert "live" in (await page.text_content("#status") or "")
+            await drive(server.url, 120)
+
+            async def moved() -> bool:
+                total = await page.text_content("#stat-total")
+                return total is not None and total.replace(",", "") == "120"
+
+            await wait_for(moved, timeout_s=10, message="the page to show 120 requests")
+            await page.wait_for_function("document.querySelectorAll('#chart-rps path').length >= 2")
+            hit = await page.text_content("#stat-hit")
+            assert hit is not None and hit.endswith("%") and float(hit[:-1]) > 50
+            cloud_rows = await page.locator("#cloud tr").count()
+            assert cloud_rows == 3  # header + two endpoints
+            assert "healthy" in (await page.text_content("#cloud") or "")
+            await page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
+        finally:
+            await browser.close()
+    assert not errors, errors
+    assert (OUTPUT / "dashboard.png").stat().st_size > 10_000
