@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_stack_flags(demo)
     demo.add_argument("--requests", type=int, default=600)
     demo.add_argument("--concurrency", type=int, default=8)
+    demo.add_argument(
+        "--stay", action="store_true", help="keep everything up after the workload (Ctrl-C)"
+    )
     bench = commands.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS))
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own flags")
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         from hotcold import demo as demo_module
 
         return demo_module.main(
-            make_console(), args.requests, args.concurrency, _stack_options(args)
+            make_console(), args.requests, args.concurrency, _stack_options(args), args.stay
         )
     module = __import__(BENCHMARKS[args.name], fromlist=["main"])
     return int(module.main(args.rest))

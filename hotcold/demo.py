@@ -49,16 +49,17 @@ async def run_demo(
             progress.update(task, advance=1, mix=mix)
 
         result = await run_load(stack.router.url, jobs, concurrency, on_answer=answered)
-    stack.policy = await _policy(stack.router.url)
+    stack.policy = await _fetch(stack.router.url + "/admin/policy")
+    stack.dashboard = await _fetch(stack.router.url + "/dashboard/data")
     return stack, result
 
 
-async def _policy(url: str) -> dict[str, Any]:
+async def _fetch(url: str) -> dict[str, Any]:
     import aiohttp
 
     try:
-        async with aiohttp.ClientSession() as session, session.get(url + "/admin/policy") as r:
-            return dict(await r.json()) if r.status == 200 else {}
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return dict(await response.json()) if response.status == 200 else {}
     except aiohttp.ClientError:
         return {}
 
@@ -71,6 +72,8 @@ def _show_services(console: Console, stack: Stack) -> None:
     for name, service in stack.services:
         table.add_row(name, service.url, str(service.log_path or "-"))
     console.print(table)
+    if stack.router is not None:
+        console.print(f"dashboard: [bold]{stack.router.url}/dashboard[/bold]")
 
 
 def summary_table(result: LoadResult) -> Table:
@@ -98,14 +101,67 @@ def summary_table(result: LoadResult) -> Table:
     return table
 
 
-def main(console: Console, requests: int, concurrency: int, options: StackOptions) -> int:
+def route_table(result: LoadResult) -> Table:
+    table = Table(title="by route")
+    for name in ("route", "requests", "share", "p50", "p99"):
+        table.add_column(name, justify="left" if name == "route" else "right")
+    for route in ("hot", "cold"):
+        latencies = [s.latency_s for s in result.samples if s.route == route]
+        if latencies:
+            table.add_row(
+                route,
+                str(len(latencies)),
+                f"{len(latencies) / max(1, result.answered):.0%}",
+                f"{percentile(latencies, 50) * 1000:.1f} ms",
+                f"{percentile(latencies, 99) * 1000:.1f} ms",
+            )
+    return table
+
+
+def cost_line(dashboard: dict[str, Any]) -> str | None:
+    cost = dashboard.get("cost")
+    if not cost:
+        return None
+    currency = cost["currency"]
+    return (
+        f"estimated cost: {cost['actual']:.4f} {currency} vs {cost['all_cloud']:.4f} {currency}"
+        f" all-cloud: saved {cost['saved']:.4f} {currency} ({cost['saved_fraction']:.0%})"
+    )
+
+
+async def _stay_up(console: Console, stack: Stack) -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    console.print("everything stays up (--stay); Ctrl-C stops it.")
+    await stop.wait()
+
+
+def main(
+    console: Console,
+    requests: int,
+    concurrency: int,
+    options: StackOptions,
+    stay: bool = False,
+) -> int:
     stack, result = None, None
     try:
         stack, result = asyncio.run(run_demo(console, requests, concurrency, options))
+        console.print(summary_table(result))
+        console.print(route_table(result))
+        _print_summary(console, stack, result)
+        if stay:
+            asyncio.run(_stay_up(console, stack))
     finally:
         if stack is not None:
             stack.stop()
-    console.print(summary_table(result))
+    return 0 if result is not None and result.failed == 0 else 1
+
+
+def _print_summary(console: Console, stack: Stack, result: LoadResult) -> None:
     by_route = result.count_by("route")
     edge = sum(1 for s in result.samples if s.served_by in ("cache", "edge"))
     console.print(
@@ -121,4 +177,11 @@ def main(console: Console, requests: int, concurrency: int, options: StackOption
             f"{cache['entries']} entries, hit ratio {cache['hit_ratio']:.0%}, "
             f"eviction policy {cache['policy']}"
         )
-    return 0 if result.failed == 0 else 1
+    line = cost_line(stack.dashboard)
+    if line:
+        console.print(line)
+    assert stack.router is not None
+    console.print(
+        f"dashboard: {stack.router.url}/dashboard (up while the demo runs; "
+        "`hotcold demo --stay` or `hotcold up` keeps it up)"
+    )

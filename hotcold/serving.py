@@ -116,7 +116,6 @@ async def serve_forever(server: Server) -> None:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     log.info("listening on %s", server.url)
-    print(f"listening on {server.url}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -68,6 +68,7 @@ class Stack:
     edge: ServiceProcess | None = None
     router: ServiceProcess | None = None
     policy: dict[str, Any] = field(default_factory=dict)  # the router's, after a demo run
+    dashboard: dict[str, Any] = field(default_factory=dict)  # its dashboard data, likewise
 
     @property
     def services(self) -> list[tuple[str, ServiceProcess]]:

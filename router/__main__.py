@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"router: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.logging.level, config.logging.json_lines)
+    if not config.logging.access_log:
+        logging.getLogger("hotcold.access").setLevel(logging.WARNING)
     log = logging.getLogger("hotcold.router")
     log.info("cloud pool: %s", ", ".join(config.cloud.endpoints) or "(none)")
     if config.fleet.redis_url is None:

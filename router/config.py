@@ -217,6 +217,7 @@ class DashboardConfig(_Frozen):
 class LoggingConfig(_Frozen):
     level: str = "INFO"
     json_lines: bool = False
+    access_log: bool = True
 
 
 class RouterConfig(_Frozen):

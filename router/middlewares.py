@@ -3,6 +3,7 @@ and the request counters and latency histogram."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -10,10 +11,12 @@ import uuid
 from aiohttp import web
 
 from hotcold.http import Handler
+from hotcold.logs import REQUEST_ID as REQUEST_ID_CONTEXT
 from router.dispatch import DECISION, REQUEST_ID, Decision
 from router.metrics import RouterMetrics
 
 METRICS = web.AppKey("metrics", RouterMetrics)
+access = logging.getLogger("hotcold.access")  # one line per inference answer
 _INFERENCE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Answers the router gives itself (bad input, no upstream) before or instead of routing.
@@ -27,7 +30,8 @@ def _request_id(request: web.Request) -> str:
 
 @web.middleware
 async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request[REQUEST_ID] = _request_id(request)
+    request[REQUEST_ID] = request_id = _request_id(request)
+    context = REQUEST_ID_CONTEXT.set(request_id)  # every log line of this request carries it
     api = _INFERENCE_PATHS.get(request.path)
     started = time.perf_counter()
     status = "cancelled"
@@ -45,6 +49,25 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
                 finished - started,
                 finished,
             )
+            access.info(
+                "%s %s %s %s/%s/%s %.1f ms",
+                request.method,
+                request.path,
+                status,
+                decision.route,
+                decision.cache,
+                decision.served_by,
+                (finished - started) * 1000,
+                extra={
+                    "api": api,
+                    "route": decision.route,
+                    "cache": decision.cache,
+                    "served_by": decision.served_by,
+                    "status": int(status) if status.isdigit() else status,
+                    "latency_ms": round((finished - started) * 1000, 2),
+                },
+            )
+        REQUEST_ID_CONTEXT.reset(context)
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
         if api is not None:

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hotcold.procs import ServiceProcess
+from hotcold.serving import free_port
 from router.config import CostConfig
 from router.cost import estimate_cost
 from tests.conftest import RouterFactory, StubFactory
@@ -142,3 +145,36 @@ async def test_dashboard_live_in_headless_chromium(
             await browser.close()
     assert not errors, errors
     assert (OUTPUT / "dashboard.png").stat().st_size > 10_000
+
+
+async def test_json_logs_carry_the_request_id_of_the_answer(
+    stub: StubFactory, tmp_path: Path
+) -> None:
+    cloud = await stub()
+    log_path = tmp_path / "router.log"
+    router = ServiceProcess(
+        "router", free_port(), "--cloud-endpoint", cloud.url, "--json-logs", log_path=log_path
+    )
+    await router.started()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                router.url + "/v1/chat/completions",
+                json=chat("log me"),
+                headers={"X-Request-Id": "trace-42"},
+            ) as response,
+        ):
+            assert response.headers["X-Request-Id"] == "trace-42"
+
+        def logged() -> bool:
+            return "trace-42" in log_path.read_text()
+
+        await wait_for(logged, timeout_s=5, message="the access line")
+    finally:
+        router.stop()
+    lines = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    access = [line for line in lines if line.get("request_id") == "trace-42"]
+    assert access and access[0]["logger"] == "hotcold.access"
+    assert access[0]["route"] == "cold" and access[0]["served_by"] == "cloud"
+    assert access[0]["status"] == 200 and access[0]["latency_ms"] > 0
