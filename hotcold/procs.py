@@ -37,7 +37,22 @@ async def is_up(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
-class ServiceProcess:
+class ChildProcess:
+    """A child process that can be asked whether it lives and killed like a machine dying."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, like a machine losing power."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+class ServiceProcess(ChildProcess):
     """``python -m <module> --port <port> <args>`` as a child process."""
 
     def __init__(
@@ -99,15 +114,6 @@ class ServiceProcess:
         if self.proc is not None and self.proc.stderr is not None:
             return self.proc.stderr.read().decode(errors="replace")[-2000:]
         return ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: the process dies at once, like a machine losing power."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
 
     def terminate(self, timeout_s: float = 20.0) -> int:
         """SIGTERM and wait: a graceful stop. Returns the exit code."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from hotcold.procs import ChildProcess
 from hotcold.serving import free_port
 
 
@@ -56,7 +56,7 @@ class TlsFiles:
         return cls(cert, key, ca)
 
 
-class RedisProcess:
+class RedisProcess(ChildProcess):
     def __init__(
         self,
         port: int | None = None,
@@ -134,14 +134,6 @@ class RedisProcess:
         self.start()
         await self.wait_ready()
         return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

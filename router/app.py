@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ from router.admin import (
 )
 from router.app_keys import CLOCK_KEY, CONFIG_KEY
 from router.cache import ResponseCache
-from router.classify import Classifier, PinRule
+from router.classify import Classifier
 from router.clock import Clock, MonotonicClock
 from router.config import ConfigLayers, RouterConfig
 from router.config_watch import watch_config
@@ -51,9 +50,10 @@ from router.handlers import (
 )
 from router.metrics import RouterMetrics
 from router.middlewares import METRICS, context_middleware
-from router.policy_manager import PolicyManager
+from router.policy import effective_values, values_from_config
+from router.policy_manager import PolicyManager, pin_rules, threshold_params
 from router.sketch import FrequencySketch, ceil_power_of_two
-from router.threshold import ThresholdController, ThresholdParams
+from router.threshold import ThresholdController
 from router.upstream import UpstreamPool
 
 CONFIG = CONFIG_KEY
@@ -70,27 +70,11 @@ def build_policy(config: RouterConfig, clock: Clock) -> tuple[Classifier, Respon
     sketch = FrequencySketch(
         width, sketch_config.window_factor * entries, doorkeeper=sketch_config.doorkeeper
     )
-    threshold = config.policy.threshold
-    capacity = config.policy.capacity
+    values = effective_values(values_from_config(config), {})
     controller = ThresholdController(
-        ThresholdParams(
-            initial=threshold.initial,
-            minimum=threshold.min,
-            maximum=threshold.max,
-            history_weight=threshold.history_weight,
-            control_interval_s=capacity.control_interval_s,
-            queue_delay_slo_ms=capacity.queue_delay_slo_ms,
-            target_fraction=capacity.target_fraction,
-            idle_fraction=capacity.idle_fraction,
-            raise_factor=capacity.raise_factor,
-            lower_factor=capacity.lower_factor,
-        ),
-        clock.now(),
+        threshold_params(values, config.policy.threshold.initial), clock.now()
     )
-    pins = tuple(
-        PinRule(pin.route, pin.model, re.compile(pin.pattern) if pin.pattern else None)
-        for pin in config.policy.pins
-    )
+    pins = pin_rules(values)
     cache = ResponseCache(
         entries,
         sketch,

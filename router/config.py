@@ -303,15 +303,20 @@ def build_config(*layers: Mapping[str, Any]) -> RouterConfig:
     try:
         return RouterConfig.model_validate(merged)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            key = ".".join(str(part) for part in error["loc"])
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                problems.append(f"unknown key '{key}'")
-            else:
-                problems.append(f"'{key}' = {error.get('input')!r}: {message}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+        raise ConfigError("invalid configuration: " + explain(exc, "unknown key")) from None
+
+
+def explain(exc: ValidationError, unknown: str) -> str:
+    """A validation error as one line that names each bad key and its value."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{unknown} '{key}'")
+        else:
+            problems.append(f"'{key}' = {error.get('input')!r}: {message}")
+    return "; ".join(problems)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from router.config import CapacityConfig, PinConfig, RouterConfig
+from router.config import CapacityConfig, PinConfig, RouterConfig, explain
 
 SCHEMA = "hotcold.policy/1"
 MAX_DOCUMENT_BYTES = 256 * 1024  # a policy is a few hundred bytes; pins are bounded too
@@ -129,15 +129,7 @@ def effective_values(base: Mapping[str, Any], changes: Mapping[str, Any]) -> Pol
     try:
         return PolicyValues.model_validate(merge_patch(base, changes))
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            key = ".".join(str(part) for part in error["loc"])
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                problems.append(f"'{key}' is not a live policy setting")
-            else:
-                problems.append(f"'{key}' = {error.get('input')!r}: {message}")
-        raise PolicyError("; ".join(problems)) from None
+        raise PolicyError(explain(exc, "not a live policy setting:")) from None
 
 
 class Change(_Frozen):

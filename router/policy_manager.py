@@ -64,6 +64,30 @@ class LocalStore:
             raise VersionConflict(expected_version, current)
 
 
+def threshold_params(values: PolicyValues, initial: float) -> ThresholdParams:
+    """The controller's parameters for a policy (``initial`` clamped into its bounds)."""
+    threshold, capacity = values.threshold, values.capacity
+    return ThresholdParams(
+        initial=min(max(initial, threshold.min), threshold.max),
+        minimum=threshold.min,
+        maximum=threshold.max,
+        history_weight=threshold.history_weight,
+        control_interval_s=capacity.control_interval_s,
+        queue_delay_slo_ms=capacity.queue_delay_slo_ms,
+        target_fraction=capacity.target_fraction,
+        idle_fraction=capacity.idle_fraction,
+        raise_factor=capacity.raise_factor,
+        lower_factor=capacity.lower_factor,
+    )
+
+
+def pin_rules(values: PolicyValues) -> tuple[PinRule, ...]:
+    return tuple(
+        PinRule(pin.route, pin.model, re.compile(pin.pattern) if pin.pattern else None)
+        for pin in values.pins
+    )
+
+
 def _restart_only_changes(old: RouterConfig, new: RouterConfig) -> list[str]:
     """Dotted keys that differ outside the live policy (they need a restart)."""
     live = set(CONFIG_PATHS.values()) | {("policy", "threshold", "initial")}
@@ -121,26 +145,10 @@ class PolicyManager:
 
     def _apply(self, values: PolicyValues, why: str) -> None:
         controller = self.classifier.controller
-        old = controller.params
-        threshold, capacity = values.threshold, values.capacity
-        initial = min(max(old.initial, threshold.min), threshold.max)
-        params = ThresholdParams(
-            initial=initial,
-            minimum=threshold.min,
-            maximum=threshold.max,
-            history_weight=threshold.history_weight,
-            control_interval_s=capacity.control_interval_s,
-            queue_delay_slo_ms=capacity.queue_delay_slo_ms,
-            target_fraction=capacity.target_fraction,
-            idle_fraction=capacity.idle_fraction,
-            raise_factor=capacity.raise_factor,
-            lower_factor=capacity.lower_factor,
+        controller.reconfigure(
+            threshold_params(values, controller.params.initial), self.clock.now(), why
         )
-        controller.reconfigure(params, self.clock.now(), why)
-        self.classifier.pins = tuple(
-            PinRule(pin.route, pin.model, re.compile(pin.pattern) if pin.pattern else None)
-            for pin in values.pins
-        )
+        self.classifier.pins = pin_rules(values)
         self.values = values
 
     def adopt(self, document: FleetDocument) -> bool:

@@ -181,7 +181,11 @@ async def test_redis_killed_under_load_then_back(
         load = [asyncio.create_task(client(session, index)) for index in range(8)]
         await wait_for(lambda: len(outcomes) > 100, timeout_s=10, message="load running")
         redis.kill()
-        await wait_for(lambda: _redis_down(first, second), timeout_s=5, message="Redis seen down")
+        await wait_for(
+            lambda: _fleet_state_is("unreachable", first, second),
+            timeout_s=5,
+            message="Redis seen down",
+        )
         during = len(outcomes)
         await wait_for(lambda: len(outcomes) > during + 200, timeout_s=10, message="load on")
         # Readiness reports it without failing, and an edit cannot be made (nothing written).
@@ -195,7 +199,11 @@ async def test_redis_killed_under_load_then_back(
         assert metric(samples, "hotcold_fleet_redis_up") == 0
         redis.start()  # the same port, empty: the policy was only in memory
         await redis.wait_ready()
-        await wait_for(lambda: _redis_up(first, second), timeout_s=5, message="Redis seen back")
+        await wait_for(
+            lambda: _fleet_state_is("connected", first, second),
+            timeout_s=5,
+            message="Redis seen back",
+        )
         stop.set()
         await asyncio.gather(*load)
 
@@ -225,18 +233,10 @@ async def _version_is(server: Server, version: int) -> bool:
     return await policy_version(server) == version
 
 
-async def _redis_down(*servers: Server) -> bool:
+async def _fleet_state_is(state: str, *servers: Server) -> bool:
     for server in servers:
         _, _, status = await admin(server.url, path="/admin/fleet")
-        if status["state"] != "unreachable":
-            return False
-    return True
-
-
-async def _redis_up(*servers: Server) -> bool:
-    for server in servers:
-        _, _, status = await admin(server.url, path="/admin/fleet")
-        if status["state"] != "connected":
+        if status["state"] != state:
             return False
     return True
 
