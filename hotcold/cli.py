@@ -77,6 +77,24 @@ async def _up(options: StackOptions) -> None:
         stack.stop()
 
 
+def _new_key(tenant: str, name: str | None) -> int:
+    """Print a fresh key (give it to the client) and the config lines (only its hash)."""
+    import hashlib
+    import re
+    import secrets
+
+    if not re.match(r"^[A-Za-z0-9._-]{1,64}$", tenant):
+        print("hotcold key: --tenant must be 1-64 of [A-Za-z0-9._-]", file=sys.stderr)
+        return 2
+    key = "hc_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    print(f"API key for tenant {tenant} (shown once; the router keeps only its hash):\n  {key}")
+    print("\nadd to the router's config (tenants.api_keys):")
+    label = f", name: {name}" if name else ""
+    print(f"  - {{tenant: {tenant}, sha256: {digest}{label}}}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hotcold", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--stay", action="store_true", help="keep everything up after the workload (Ctrl-C)"
     )
+    key = commands.add_parser("key", help="make an API key for a tenant")
+    key.add_argument("action", choices=["new"])
+    key.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    key.add_argument("--name", help="a label for the key (which devices use it)")
     bench = commands.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS))
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own flags")
@@ -103,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo_module.main(
             make_console(), args.requests, args.concurrency, _stack_options(args), args.stay
         )
+    if args.command == "key":
+        return _new_key(args.tenant, args.name)
     module = __import__(BENCHMARKS[args.name], fromlist=["main"])
     return int(module.main(args.rest))
 

@@ -7,6 +7,7 @@ status, and never a traceback on the wire (the traceback goes to the log).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from hotcold.wire.errors import (
     ApiError,
     BadRequest,
     PayloadTooLarge,
+    RequestTimeout,
     error_body,
 )
 
@@ -28,6 +30,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Each service puts its body limit here (and gives the same value to the Application's
 # client_max_size, which enforces it while reading).
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
+BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)  # optional: a slow client gets 408
 
 _HTTP_STATUS_TYPES = {
     400: ("invalid_request_error", "bad_request"),
@@ -69,9 +72,14 @@ async def read_document(request: web.Request) -> dict[str, Any]:
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(request.app.get(BODY_TIMEOUT_S)):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes") from exc
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {request.app[BODY_TIMEOUT_S]:g} s"
+        ) from None
     if not raw:
         raise BadRequest("the request has no body", code="empty_body")
     return decode_body(raw, request.headers.get("Content-Type"))

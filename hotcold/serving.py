@@ -47,6 +47,7 @@ class Server:
         *,
         shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
         handler_cancellation: bool = True,
+        max_header_bytes: int = 8190,
     ) -> None:
         self.app = app
         self.host = host
@@ -59,6 +60,8 @@ class Server:
             handler_cancellation=handler_cancellation,
             shutdown_timeout=shutdown_timeout_s,
             access_log=None,
+            max_line_size=max_header_bytes,
+            max_field_size=max_header_bytes,
         )
         self._site: web.SockSite | None = None
         self._resume: asyncio.TimerHandle | None = None

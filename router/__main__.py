@@ -86,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("hotcold.access").setLevel(logging.WARNING)
     log = logging.getLogger("hotcold.router")
     log.info("cloud pool: %s", ", ".join(config.cloud.endpoints) or "(none)")
+    if not config.tenants.api_keys:
+        log.warning(
+            "OPEN MODE: no API keys configured (tenants.api_keys): every client is served and"
+            " X-Tenant names its tenant; run behind an authenticating gateway or add keys"
+            " (hotcold key new --tenant NAME)"
+        )
+    if config.admin.token is None:
+        log.warning("no admin token: the admin API and dashboard are open (--admin-token)")
     if config.fleet.redis_url is None:
         log.info("no --redis-url: running alone (policy changes apply to this router only)")
     else:
@@ -101,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         config.server.host,
         config.server.port,
         shutdown_timeout_s=config.server.shutdown_timeout_s,
+        max_header_bytes=config.server.max_header_bytes,
     )
     asyncio.run(serve_forever(server))
     return 0

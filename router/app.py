@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from hotcold.http import MAX_BODY_BYTES, error_middleware
+from hotcold.http import BODY_TIMEOUT_S, MAX_BODY_BYTES, error_middleware
 from router.admin import (
     FLEET,
     POLICY_STATE,
@@ -49,10 +49,11 @@ from router.handlers import (
     readyz,
 )
 from router.metrics import RouterMetrics
-from router.middlewares import METRICS, context_middleware
+from router.middlewares import IN_FLIGHT, METRICS, context_middleware, shedding_middleware
 from router.policy import effective_values, values_from_config
 from router.policy_manager import PolicyManager, pin_rules, threshold_params
 from router.sketch import FrequencySketch, ceil_power_of_two
+from router.tenants import Authenticator, TenantLimiter
 from router.threshold import ThresholdController
 from router.upstream import UpstreamPool
 
@@ -109,7 +110,19 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         metrics.watch_pool(edge)
     classifier, cache = build_policy(config, app[CLOCK])
     manager = PolicyManager(app[LAYERS], config, classifier, app[CLOCK])
-    dispatcher = Dispatcher(config, cloud, edge, classifier, cache, metrics, app[CLOCK], manager)
+    limiter = TenantLimiter(config.tenants, config.edge.max_inflight)
+    dispatcher = Dispatcher(
+        config,
+        cloud,
+        edge,
+        classifier,
+        cache,
+        metrics,
+        app[CLOCK],
+        manager,
+        limiter,
+        Authenticator(config.tenants),
+    )
     state = PolicyState(config, classifier, cache, dispatcher, edge, manager)
     metrics.watch_policy(lambda: state)
     app[SESSION] = session
@@ -211,14 +224,16 @@ def create_app(
     """The router. ``layers`` (from ``load_layers``) enables config reload and says where each
     value came from; ``handle_signals`` installs the SIGHUP reload (the main program only)."""
     app = web.Application(
-        middlewares=[context_middleware, error_middleware],
+        middlewares=[context_middleware, error_middleware, shedding_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
     app[CLOCK] = clock or MonotonicClock()
     app[METRICS] = RouterMetrics()
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
+    app[BODY_TIMEOUT_S] = config.server.body_timeout_s
     app[MODELS_CACHE] = {}
+    app[IN_FLIGHT] = [0]
     app[LAYERS] = layers or ConfigLayers.of(config)
     app[HANDLE_SIGNALS] = handle_signals
     app.cleanup_ctx.append(_upstreams)

@@ -47,6 +47,11 @@ class ServerConfig(_Frozen):
     request_deadline_s: float = Field(default=60.0, gt=0)
     stream_idle_timeout_s: float = Field(default=30.0, gt=0)
     shutdown_timeout_s: float = Field(default=15.0, ge=0)
+    max_concurrent_requests: int = Field(default=2048, ge=1)  # beyond: 503 at once (shedding)
+    body_timeout_s: float = Field(default=10.0, gt=0)  # a slow client gets 408
+    max_header_bytes: int = Field(default=8190, ge=1024)  # per header line
+    max_prompt_chars: int = Field(default=200_000, ge=1)
+    max_tokens_ceiling: int = Field(default=8192, ge=1)  # a larger max_tokens is refused
 
 
 class BackoffConfig(_Frozen):
@@ -200,6 +205,48 @@ class FleetConfig(_Frozen):
         return self
 
 
+TENANT_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class ApiKeyConfig(_Frozen):
+    """One client key: its tenant and the SHA-256 of the key (the key itself is never stored;
+    ``hotcold key new --tenant NAME`` makes one)."""
+
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str | None = Field(default=None, max_length=100)  # a label: which device fleet
+
+
+class TenantLimits(_Frozen):
+    requests_per_s: float | None = Field(default=None, gt=0)  # null: unlimited
+    burst: int | None = Field(default=None, ge=1)  # bucket size (default: 1 s of requests)
+    tokens_per_min: int | None = Field(default=None, ge=1)  # upstream tokens (cache: free)
+    edge_weight: float = Field(default=1.0, gt=0)  # share of the edge under contention
+    edge_share: float = Field(default=1.0, gt=0, le=1)  # at most this share of edge slots
+
+
+class TenantsConfig(_Frozen):
+    api_keys: tuple[ApiKeyConfig, ...] = ()  # none: open mode (X-Tenant names the tenant)
+    default: TenantLimits = TenantLimits()
+    overrides: dict[str, TenantLimits] = {}
+    max_tracked: int = Field(default=10_000, ge=1)  # limiter state kept for this many tenants
+
+    @field_validator("overrides")
+    @classmethod
+    def _names(cls, value: dict[str, TenantLimits]) -> dict[str, TenantLimits]:
+        for name in value:
+            if not re.match(TENANT_PATTERN, name):
+                raise ValueError(f"tenant name {name!r} is not 1-64 of [A-Za-z0-9._-]")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique(cls, value: tuple[ApiKeyConfig, ...]) -> tuple[ApiKeyConfig, ...]:
+        if len({key.sha256 for key in value}) != len(value):
+            raise ValueError("an API key is listed twice")
+        return value
+
+
 class CostConfig(_Frozen):
     """Prices that turn token counts into an estimated cost (and what all-cloud would cost)."""
 
@@ -228,6 +275,7 @@ class RouterConfig(_Frozen):
     cache: CacheConfig = CacheConfig()
     admin: AdminConfig = AdminConfig()
     fleet: FleetConfig = FleetConfig()
+    tenants: TenantsConfig = TenantsConfig()
     cost: CostConfig = CostConfig()
     dashboard: DashboardConfig = DashboardConfig()
     logging: LoggingConfig = LoggingConfig()

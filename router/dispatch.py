@@ -18,14 +18,20 @@ A hot request is never failed because the edge is down or busy while the cloud c
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from hotcold.wire import ApiError, BadRequest, InferenceRequest, error_body, sse_event
+from hotcold.wire import (
+    ApiError,
+    BadRequest,
+    InferenceRequest,
+    InvalidField,
+    error_body,
+    sse_event,
+)
 from hotcold.wire.sse import SSE_HEADERS, iter_sse_events
 from router.answers import (
     CachedAnswer,
@@ -42,12 +48,10 @@ from router.keys import request_key
 from router.metrics import RouterMetrics
 from router.policy_manager import PolicyManager
 from router.singleflight import SingleFlight
+from router.tenants import Authenticator, TenantLimiter
 from router.upstream import StreamBroken, UpstreamPool, UpstreamReply
 
 log = logging.getLogger("hotcold.dispatch")
-
-DEFAULT_TENANT = "default"
-_TENANT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +66,7 @@ class Decision:
 
 REQUEST_ID = web.RequestKey("request_id", str)
 DECISION = web.RequestKey("decision", Decision)
-
-
-def tenant_of(http: web.Request) -> str:
-    """The request's tenant: the X-Tenant header (open mode: no API keys exist yet)."""
-    offered = http.headers.get("X-Tenant")
-    if offered is None:
-        return DEFAULT_TENANT
-    if not _TENANT.match(offered):
-        raise BadRequest(
-            "X-Tenant must be 1-64 characters of letters, digits, '.', '_', '-'",
-            code="bad_tenant",
-            param="X-Tenant",
-        )
-    return offered
+TENANT = web.RequestKey("tenant", str)
 
 
 def cache_modes(request: InferenceRequest, cache_control: str | None) -> tuple[bool, bool]:
@@ -101,8 +92,12 @@ class Dispatcher:
         metrics: RouterMetrics,
         clock: Clock,
         policy: PolicyManager,
+        tenants: TenantLimiter,
+        authenticator: Authenticator,
     ) -> None:
         self._config = config
+        self.tenants = tenants
+        self._authenticator = authenticator
         self._policy = policy  # live cache rules (TTL, admission) from the fleet policy
         self._cloud = cloud
         self._edge = edge
@@ -116,16 +111,44 @@ class Dispatcher:
         edge = self._edge
         return (
             edge is not None
-            and edge.outstanding < self._config.edge.max_inflight
+            and self.tenants.edge_inflight < self._config.edge.max_inflight
             and edge.available()
         )
 
-    async def serve(self, http: web.Request, request: InferenceRequest) -> web.StreamResponse:
+    def admit(self, http: web.Request) -> str:
+        """Who is asking, and may they now: 401, or 429 with Retry-After. Before the body
+        is read, so a refused client costs almost nothing."""
+        try:
+            tenant = self._authenticator.tenant(http)
+            self.tenants.admit(tenant, self._clock.now())
+        except ApiError as exc:
+            self._metrics.refused.labels(exc.code).inc()
+            raise
+        http[TENANT] = tenant
+        return tenant
+
+    async def serve(
+        self, http: web.Request, request: InferenceRequest, tenant: str
+    ) -> web.StreamResponse:
         now = self._clock.now()
-        tenant = tenant_of(http)
+        limits = self._config.server
+        output = request.params.output_limit()
+        if output is not None and output > limits.max_tokens_ceiling:
+            raise InvalidField(
+                f"max_tokens {output} is over this gateway's ceiling of {limits.max_tokens_ceiling}",
+                code="max_tokens_too_large",
+                param="max_tokens",
+            )
+        prompt = request.prompt_text()
+        if len(prompt) > limits.max_prompt_chars:
+            raise BadRequest(
+                f"the prompt has {len(prompt)} characters, over the limit of "
+                f"{limits.max_prompt_chars}",
+                code="context_length_exceeded",
+                param="messages" if request.path.endswith("chat/completions") else "prompt",
+            )
         key = request_key(tenant, request)
-        text = request.prompt_text() if self._classifier.pins else ""  # only pins read it
-        verdict = self._classifier.classify(key.fingerprint, request.params.model, text, now)
+        verdict = self._classifier.classify(key.fingerprint, request.params.model, prompt, now)
         read, write = cache_modes(request, http.headers.get("Cache-Control"))
         deadline_at = now + self._config.server.request_deadline_s
         if read:
@@ -172,7 +195,7 @@ class Dispatcher:
     ) -> web.StreamResponse:
         http[DECISION] = decision
         headers = decision.headers()
-        self._count_tokens(answer.document.get("usage"), "cache")  # no upstream cost
+        self._count_tokens(http, answer.document.get("usage"), "cache")  # no upstream cost
         if request.stream:
             return web.Response(
                 body=b"".join(replay_events(answer, request)), headers={**SSE_HEADERS, **headers}
@@ -192,8 +215,9 @@ class Dispatcher:
             document = {**document, "stream_options": {"include_usage": True}}
         body = orjson.dumps(document)
         headers = {"X-Request-Id": http.get(REQUEST_ID, "")}
+        tenant = http[TENANT]
         if verdict.route == "hot" and self._edge is not None:
-            if self.edge_can_take():
+            if self._edge.available() and self.tenants.take_edge_slot(tenant, self._clock.now()):
                 edge_deadline = min(deadline_at, self._clock.now() + self._config.edge.timeout_s)
                 decision = Decision("hot", label, "edge")
                 http[DECISION] = decision
@@ -204,6 +228,8 @@ class Dispatcher:
                 except ApiError as exc:
                     self._metrics.edge_fallbacks.labels("edge_failed").inc()
                     log.info("edge could not answer (%s); serving from the cloud", exc.message)
+                finally:
+                    self.tenants.release_edge_slot(tenant)
             else:
                 self._metrics.edge_fallbacks.labels("edge_busy_or_down").inc()
                 log.debug(
@@ -265,7 +291,7 @@ class Dispatcher:
                 "upstream sent an unreadable answer", "upstream_error", "bad_upstream_answer"
             )
             return error_response(502, bad, headers), None
-        self._count_tokens(document.get("usage"), decision.served_by)
+        self._count_tokens(http, document.get("usage"), decision.served_by)
         answer = CachedAnswer(reply.body, document, decision.served_by)
         return plain_response(http, document, reply.body, headers), answer
 
@@ -297,14 +323,20 @@ class Dispatcher:
             await response.write_eof()
         finally:
             upstream.close()  # no-op after a clean end; frees the upstream slot otherwise
-        self._count_tokens(capture.usage, decision.served_by)
+        self._count_tokens(http, capture.usage, decision.served_by)
         return response, capture.answer(decision.served_by)
 
-    def _count_tokens(self, usage: Any, served_by: str) -> None:
+    def _count_tokens(self, http: web.Request, usage: Any, served_by: str) -> None:
+        """Metrics and cost; the tenant's token quota for what an upstream produced."""
         if not isinstance(usage, dict):
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        upstream = 0
         if isinstance(prompt, int) and prompt >= 0:
             self._metrics.count_tokens("in", served_by, prompt)
+            upstream += prompt
         if isinstance(completion, int) and completion >= 0:
             self._metrics.count_tokens("out", served_by, completion)
+            upstream += completion
+        if served_by != "cache" and TENANT in http:
+            self.tenants.debit_tokens(http[TENANT], upstream, self._clock.now())

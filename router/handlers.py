@@ -27,13 +27,17 @@ MODELS_TTL_S = 30.0
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    dispatcher = request.app[DISPATCHER]
+    tenant = dispatcher.admit(request)  # 401 / 429 before the body is read
     inference = parse_chat_request(await read_document(request))
-    return await request.app[DISPATCHER].serve(request, inference)
+    return await dispatcher.serve(request, inference, tenant)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
+    dispatcher = request.app[DISPATCHER]
+    tenant = dispatcher.admit(request)
     inference = parse_completion_request(await read_document(request))
-    return await request.app[DISPATCHER].serve(request, inference)
+    return await dispatcher.serve(request, inference, tenant)
 
 
 async def models(request: web.Request) -> web.Response:

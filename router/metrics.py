@@ -277,6 +277,13 @@ class RouterMetrics:
             ["direction", "served_by"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "hotcold_refused_requests",
+            "Requests refused before routing, by code (invalid_api_key, rate_limited,"
+            " quota_exceeded, bad_tenant, overloaded, ...).",
+            ["code"],
+            registry=self.registry,
+        )
         self.edge_fallbacks = Counter(
             "hotcold_edge_fallbacks",
             "Hot requests served by the cloud because the edge failed or was full or down.",

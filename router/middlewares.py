@@ -12,6 +12,8 @@ from aiohttp import web
 
 from hotcold.http import Handler
 from hotcold.logs import REQUEST_ID as REQUEST_ID_CONTEXT
+from hotcold.wire import ServiceUnavailable
+from router.app_keys import CONFIG_KEY
 from router.dispatch import DECISION, REQUEST_ID, Decision
 from router.metrics import RouterMetrics
 
@@ -21,6 +23,31 @@ _INFERENCE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completi
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Answers the router gives itself (bad input, no upstream) before or instead of routing.
 ROUTER_ANSWER = Decision(route="cold", cache="bypass", served_by="router")
+
+
+IN_FLIGHT = web.AppKey("in_flight", list)  # [count]: inference requests being handled
+
+
+@web.middleware
+async def shedding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Past ``server.max_concurrent_requests`` inference requests in flight, answer 503 at
+    once: a fast refusal the client can retry beats queueing until memory runs out.
+    Health, metrics and admin are never shed."""
+    if request.path not in _INFERENCE_PATHS:
+        return await handler(request)
+    counter = request.app[IN_FLIGHT]
+    if counter[0] >= request.app[CONFIG_KEY].server.max_concurrent_requests:
+        request.app[METRICS].refused.labels("overloaded").inc()
+        raise ServiceUnavailable(
+            "the router is at its concurrent request limit; retry shortly",
+            code="overloaded",
+            retry_after_s=1,
+        )
+    counter[0] += 1
+    try:
+        return await handler(request)
+    finally:
+        counter[0] -= 1
 
 
 def _request_id(request: web.Request) -> str:

@@ -76,6 +76,12 @@ class NotFound(ApiError):
     default_code = "not_found"
 
 
+class RequestTimeout(ApiError):
+    status = 408
+    error_type = "invalid_request_error"
+    default_code = "body_timeout"
+
+
 class Conflict(ApiError):
     status = 409
     error_type = "conflict_error"
