@@ -135,7 +135,8 @@ class Dispatcher:
         output = request.params.output_limit()
         if output is not None and output > limits.max_tokens_ceiling:
             raise InvalidField(
-                f"max_tokens {output} is over this gateway's ceiling of {limits.max_tokens_ceiling}",
+                f"max_tokens {output} is over this gateway's ceiling of "
+                f"{limits.max_tokens_ceiling}",
                 code="max_tokens_too_large",
                 param="max_tokens",
             )
