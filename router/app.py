@@ -50,6 +50,7 @@ from router.handlers import (
 )
 from router.metrics import RouterMetrics
 from router.middlewares import IN_FLIGHT, METRICS, context_middleware, shedding_middleware
+from router.openapi import openapi_json
 from router.policy import effective_values, values_from_config
 from router.policy_manager import PolicyManager, pin_rules, threshold_params
 from router.sketch import FrequencySketch, ceil_power_of_two
@@ -252,4 +253,5 @@ def create_app(
     app.router.add_get("/dashboard", dashboard_page)
     app.router.add_get("/dashboard/data", dashboard_data)
     app.router.add_get("/favicon.ico", favicon)
+    app.router.add_get("/openapi.json", openapi_json)
     return app
