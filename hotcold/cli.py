@@ -16,6 +16,7 @@ BENCHMARKS = {
     "proxy": "bench.proxy",
     "policy": "bench.policy",
     "node": "bench.node",
+    "soak": "bench.soak",
 }
 
 
