@@ -285,7 +285,10 @@ async def healthz(http: web.Request) -> web.Response:
             **_model_info(state),
             "queued": state.runner.waiting,
             "active": state.runner.active,
-            "memory": {"rss_bytes": int(process_rss()), "device_allocated_bytes": device_allocated()},
+            "memory": {
+                "rss_bytes": int(process_rss()),
+                "device_allocated_bytes": device_allocated(),
+            },
         },
     )
 
