@@ -191,6 +191,33 @@ async def get_fleet(request: web.Request) -> web.Response:
     return respond(request, fleet_status(request.app))
 
 
+async def memory(request: web.Request) -> web.Response:
+    """Where the router's Python memory is, for hunting growth: the largest allocation sites
+    when the router runs with ``PYTHONTRACEMALLOC=1`` (tracing costs CPU: not for every day)."""
+    require_admin(request, request.app[POLICY_STATE].config.admin.token)
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return respond(
+            request, {"tracing": False, "hint": "start the router with PYTHONTRACEMALLOC=1"}
+        )
+    snapshot = tracemalloc.take_snapshot()
+    top = snapshot.statistics("lineno")[:25]
+    current, peak = tracemalloc.get_traced_memory()
+    return respond(
+        request,
+        {
+            "tracing": True,
+            "traced_bytes": current,
+            "peak_bytes": peak,
+            "top": [
+                {"where": str(stat.traceback[0]), "bytes": stat.size, "blocks": stat.count}
+                for stat in top
+            ],
+        },
+    )
+
+
 async def reload_config(request: web.Request) -> web.Response:
     state = request.app[POLICY_STATE]
     require_admin(request, state.config.admin.token)

@@ -22,25 +22,48 @@ from hotcold.wire.sse import SSE_DONE, event_data
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
+    """An answer as the cache keeps it: its JSON bytes only, plus its token usage.
+
+    The parsed document is not kept: it takes two to three times the bytes' memory (a dict
+    per choice and message), which would make ``cache.max_bytes`` a third of the truth. It is
+    parsed again only when needed (msgpack clients, SSE replay): microseconds with orjson.
+    """
+
     body: bytes  # the non-streamed answer, JSON
-    document: dict[str, Any]
     produced_by: str  # "edge" | "cloud"
+    usage: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, body: bytes, document: dict[str, Any], produced_by: str) -> CachedAnswer:
+        usage = document.get("usage")
+        return cls(body, produced_by, usage if isinstance(usage, dict) else None)
+
+    @property
+    def document(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = orjson.loads(self.body)
+        return parsed
 
     @property
     def size(self) -> int:
-        return len(self.body) + 256  # the document's own overhead, roughly
+        return len(self.body) + 320  # the objects around the bytes and the usage, roughly
 
 
 def plain_response(
     http: web.Request,
-    document: dict[str, Any],
+    document: dict[str, Any] | None,
     json_body: bytes | None,
     headers: dict[str, str],
     status: int = 200,
 ) -> web.Response:
-    """JSON (the upstream's bytes when we have them) or msgpack, as the client asked."""
+    """JSON (the upstream's bytes when we have them) or msgpack, as the client asked; with
+    no document, the JSON bytes are parsed only if msgpack is wanted."""
+    if document is None and json_body is None:
+        raise ValueError("plain_response needs a document or its JSON bytes")
     if wants_msgpack(http.headers.get("Accept")):
-        body, content_type = encode_body(document, as_msgpack=True)
+        body, content_type = encode_body(
+            document if document is not None else orjson.loads(json_body or b""),
+            as_msgpack=True,
+        )
     elif json_body is not None:
         body, content_type = json_body, "application/json"
     else:
@@ -212,4 +235,4 @@ class StreamCapture:
         }
         if self.usage is not None:
             document["usage"] = self.usage
-        return CachedAnswer(orjson.dumps(document), document, produced_by)
+        return CachedAnswer.of(orjson.dumps(document), document, produced_by)

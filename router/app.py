@@ -22,6 +22,7 @@ from router.admin import (
     PolicyState,
     get_fleet,
     get_policy,
+    memory,
     put_policy,
     reload_config,
 )
@@ -250,6 +251,7 @@ def create_app(
     app.router.add_put("/admin/policy", put_policy)
     app.router.add_get("/admin/fleet", get_fleet)
     app.router.add_post("/admin/reload", reload_config)
+    app.router.add_get("/admin/memory", memory)
     app.router.add_get("/dashboard", dashboard_page)
     app.router.add_get("/dashboard/data", dashboard_data)
     app.router.add_get("/favicon.ico", favicon)

@@ -196,12 +196,12 @@ class Dispatcher:
     ) -> web.StreamResponse:
         http[DECISION] = decision
         headers = decision.headers()
-        self._count_tokens(http, answer.document.get("usage"), "cache")  # no upstream cost
+        self._count_tokens(http, answer.usage, "cache")  # no upstream cost
         if request.stream:
             return web.Response(
                 body=b"".join(replay_events(answer, request)), headers={**SSE_HEADERS, **headers}
             )
-        return plain_response(http, answer.document, answer.body, headers)
+        return plain_response(http, None, answer.body, headers)
 
     async def _compute(
         self,
@@ -293,7 +293,7 @@ class Dispatcher:
             )
             return error_response(502, bad, headers), None
         self._count_tokens(http, document.get("usage"), decision.served_by)
-        answer = CachedAnswer(reply.body, document, decision.served_by)
+        answer = CachedAnswer.of(reply.body, document, decision.served_by)
         return plain_response(http, document, reply.body, headers), answer
 
     async def _relay(

@@ -262,3 +262,28 @@ async def _above(value: Any, bound: float) -> bool:
 
 async def _below(value: Any, bound: float) -> bool:
     return await value() < bound
+
+
+async def test_cache_hit_in_msgpack_and_its_tokens_are_counted(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    """The cache keeps only the answer's JSON bytes; a msgpack client still gets the same
+    document from a hit, and the hit's tokens are counted as served by the cache."""
+    import msgpack
+
+    cloud = await stub()
+    front = await router([cloud.url])
+    async with aiohttp.ClientSession() as session:
+        status, headers, first = await post(session, front.url, chat("msgpack me"))
+        assert status == 200 and headers["X-Cache"] == "miss"
+        async with session.post(
+            front.url + "/v1/chat/completions",
+            json=chat("msgpack me"),
+            headers={"Accept": "application/msgpack"},
+        ) as response:
+            assert response.headers["X-Cache"] == "hit"
+            assert response.content_type == "application/msgpack"
+            document = msgpack.unpackb(await response.read())
+    assert document == orjson.loads(first)
+    samples = await scrape(front.url)
+    assert metric(samples, "hotcold_tokens_total", served_by="cache") > 0
