@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +53,19 @@ SCHEDULE = ((0.25, "kill", "stub"), (0.40, "start", "stub"), (0.60, "kill", "red
 
 
 @dataclass
-class Outcome:
-    at_s: float
-    latency_s: float
-    status: int  # 0: no answer (connection error or client timeout)
+class Outcomes:
+    """Every request's send time, latency and status, in flat arrays: hundreds of thousands
+    of small objects would make the generator's garbage collector pause the sender and show
+    up as latency that the router did not cause."""
+
+    at_s: array[float] = field(default_factory=lambda: array("d"))
+    latency_s: array[float] = field(default_factory=lambda: array("d"))
+    status: array[int] = field(default_factory=lambda: array("H"))  # 0: no answer
+
+    def add(self, at_s: float, latency_s: float, status: int) -> None:
+        self.at_s.append(at_s)
+        self.latency_s.append(latency_s)
+        self.status.append(status)
 
 
 @dataclass
@@ -63,7 +73,7 @@ class SoakReport:
     rate: float
     duration_s: float
     sent: int = 0
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: Outcomes = field(default_factory=Outcomes)
     memory: list[tuple[float, int]] = field(default_factory=list)  # (s, router RSS bytes)
     cache: list[tuple[float, int, int]] = field(default_factory=list)  # (s, entries, bytes)
     ok: int = 0  # running counts (the progress bar reads them: no O(n) scans while sending)
@@ -84,7 +94,12 @@ class SoakReport:
         return self.sent - self.answered - self.failed
 
     def latency(self, start: float = 0.0, end: float = float("inf")) -> dict[str, float]:
-        values = [o.latency_s for o in self.outcomes if o.status == 200 and start <= o.at_s < end]
+        o = self.outcomes
+        values = [
+            latency
+            for at, latency, status in zip(o.at_s, o.latency_s, o.status, strict=True)
+            if status == 200 and start <= at < end
+        ]
         return {
             "count": len(values),
             "p50_ms": round(percentile(values, 50) * 1000, 2),
@@ -113,7 +128,7 @@ class SoakReport:
             "answered": self.answered,
             "failed": self.failed,
             "lost": self.lost,
-            "statuses": dict(Counter(o.status for o in self.outcomes)),
+            "statuses": dict(Counter(self.outcomes.status)),
             "latency": self.latency(),
             "phases": phases,
             "router_rss_mib": [(round(t), round(b / 2**20, 1)) for t, b in self.memory],
@@ -188,7 +203,7 @@ async def soak(
                 status = 0
             finally:
                 gate.release()
-            report.outcomes.append(Outcome(sent_at - began, time.perf_counter() - sent_at, status))
+            report.outcomes.add(sent_at - began, time.perf_counter() - sent_at, status)
             if status == 200:
                 report.ok += 1
             elif status != 0:
