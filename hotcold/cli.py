@@ -80,15 +80,17 @@ async def _up(options: StackOptions) -> None:
 
 def _new_key(tenant: str, name: str | None) -> int:
     """Print a fresh key (give it to the client) and the config lines (only its hash)."""
-    import hashlib
     import re
     import secrets
 
-    if not re.match(r"^[A-Za-z0-9._-]{1,64}$", tenant):
+    from router.config import TENANT_PATTERN
+    from router.tenants import key_digest  # the digest the router compares against
+
+    if not re.match(TENANT_PATTERN, tenant):
         print("hotcold key: --tenant must be 1-64 of [A-Za-z0-9._-]", file=sys.stderr)
         return 2
     key = "hc_" + secrets.token_urlsafe(32)
-    digest = hashlib.sha256(key.encode()).hexdigest()
+    digest = key_digest(key)
     print(f"API key for tenant {tenant} (shown once; the router keeps only its hash):\n  {key}")
     print("\nadd to the router's config (tenants.api_keys):")
     label = f", name: {name}" if name else ""

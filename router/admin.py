@@ -43,6 +43,7 @@ from router.fleet import FleetSync
 from router.policy import PolicyError
 from router.policy_manager import PolicyManager, StoreUnavailable, VersionConflict
 from router.sketch import FrequencySketch
+from router.tenants import bearer_token
 from router.threshold import ThresholdController
 from router.upstream import UpstreamPool
 
@@ -81,7 +82,6 @@ class PolicyState:
 
 POLICY_STATE = web.AppKey("policy_state", PolicyState)
 FLEET = web.AppKey("fleet", object)  # FleetSync | None; read through fleet_of()
-_BEARER = re.compile(r"^Bearer\s+(\S+)$", re.IGNORECASE)
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
 
 
@@ -101,8 +101,8 @@ def require_admin(request: web.Request, token: str | None) -> None:
     """Constant-time check of the admin bearer token (open mode when none is configured)."""
     if token is None:
         return
-    match = _BEARER.match(request.headers.get("Authorization", ""))
-    if match is None or not hmac.compare_digest(match.group(1).encode(), token.encode()):
+    offered = bearer_token(request)
+    if offered is None or not hmac.compare_digest(offered.encode(), token.encode()):
         raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
 
 
