@@ -195,7 +195,9 @@ async def http_check(workload: Workload, size: float, limit: int) -> tuple[float
         }
         for k in keys.tolist()
     ]
-    fingerprints = [request_key("default", parse_chat_request(b)).fingerprint for b in bodies]
+    fingerprints = [
+        request_key("default", "default", parse_chat_request(b)).fingerprint for b in bodies
+    ]
     in_process = float(replay(fingerprints, capacity, strict=False)[0].mean())
     stub, router = instant_stub_and_router(
         "policy", "--config", str(FROZEN_LOOP_CONFIG), "--cache-entries", str(capacity)

@@ -14,6 +14,7 @@ from cloud_stub.handlers import (
     StubState,
     chat_completions,
     completions,
+    embeddings,
     get_faults,
     healthz,
     metrics,
@@ -40,6 +41,7 @@ def create_app(config: StubConfig) -> web.Application:
     )
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

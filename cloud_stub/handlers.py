@@ -17,16 +17,18 @@ from cloud_stub.config import StubConfig
 from cloud_stub.faults import Fault, FaultInjector
 from cloud_stub.latency import LatencyModel
 from cloud_stub.metrics import StubMetrics
-from cloud_stub.textgen import Answer, count_prompt_tokens, make_answer
+from cloud_stub.textgen import Answer, count_prompt_tokens, hashed_vector, make_answer
 from hotcold.http import read_document, respond
 from hotcold.serving import Server
 from hotcold.wire import (
     ApiError,
     BadRequest,
+    EmbeddingRequest,
     InferenceRequest,
     ServiceUnavailable,
     parse_chat_request,
     parse_completion_request,
+    parse_embedding_request,
     sse_event,
 )
 from hotcold.wire.sse import SSE_DONE, SSE_HEADERS
@@ -53,14 +55,23 @@ STATE = web.AppKey("stub_state", StubState)
 _STRIPPED_FOR_DIGEST = ("stream", "stream_options", "user", "metadata")
 
 
-def _answer_for(request: InferenceRequest, config: StubConfig, rng: random.Random) -> Answer:
+def _answers_for(request: InferenceRequest, config: StubConfig, rng: random.Random) -> list[Answer]:
+    """One answer per choice (``n``); deterministic requests get the same ones every time."""
     payload: dict[str, Any] = {
         k: v for k, v in request.body.items() if k not in _STRIPPED_FOR_DIGEST
     }
     if not request.params.is_deterministic():
         payload["nonce"] = rng.random()  # sampling: a different answer every time
     limit = request.params.output_limit() or config.default_max_tokens
-    return make_answer(payload, limit)
+    first = make_answer(payload, limit)
+    return [first] + [
+        make_answer({**payload, "choice": index}, limit)
+        for index in range(1, request.params.choices())
+    ]
+
+
+def _model(request: InferenceRequest, config: StubConfig) -> str:
+    return request.params.model or config.model_name
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -72,48 +83,54 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def _completion_document(
-    request: InferenceRequest, answer: Answer, prompt_tokens: int
+    request: InferenceRequest, answers: list[Answer], prompt_tokens: int, model: str
 ) -> dict[str, Any]:
-    common = {"created": int(time.time()), "model": request.params.model}
+    common = {"created": int(time.time()), "model": model}
+    completion_tokens = sum(len(answer.tokens) for answer in answers)
     if request.kind == "chat":
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": answer.text},
-            "finish_reason": answer.finish_reason,
-            "logprobs": None,
-        }
         return {
-            "id": f"chatcmpl-{answer.digest[:24]}",
+            "id": f"chatcmpl-{answers[0].digest[:24]}",
             "object": "chat.completion",
             **common,
-            "choices": [choice],
-            "usage": _usage(prompt_tokens, len(answer.tokens)),
+            "choices": [
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": answer.finish_reason,
+                    "logprobs": None,
+                }
+                for index, answer in enumerate(answers)
+            ],
+            "usage": _usage(prompt_tokens, completion_tokens),
             "system_fingerprint": "hotcold-cloud-stub",
         }
     return {
-        "id": f"cmpl-{answer.digest[:24]}",
+        "id": f"cmpl-{answers[0].digest[:24]}",
         "object": "text_completion",
         **common,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "text": answer.text,
                 "finish_reason": answer.finish_reason,
                 "logprobs": None,
             }
+            for index, answer in enumerate(answers)
         ],
-        "usage": _usage(prompt_tokens, len(answer.tokens)),
+        "usage": _usage(prompt_tokens, completion_tokens),
     }
 
 
-def _chunk(request: InferenceRequest, answer: Answer, created: int, **choice: Any) -> bytes:
+def _chunk(
+    request: InferenceRequest, answer: Answer, created: int, model: str, **choice: Any
+) -> bytes:
     chat = request.kind == "chat"
     return sse_event(
         {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{answer.digest[:24]}",
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": created,
-            "model": request.params.model,
+            "model": model,
             "choices": [{"index": 0, "logprobs": None, **choice}],
         }
     )
@@ -122,7 +139,7 @@ def _chunk(request: InferenceRequest, answer: Answer, created: int, **choice: An
 async def _stream(
     http_request: web.Request,
     request: InferenceRequest,
-    answer: Answer,
+    answers: list[Answer],
     prompt_tokens: int,
     state: StubState,
     extra_delay_s: float,
@@ -132,26 +149,36 @@ async def _stream(
     await response.prepare(http_request)
     created = int(time.time())
     chat = request.kind == "chat"
+    model = _model(request, state.config)
+    answer = answers[0]
     await asyncio.sleep(extra_delay_s + state.latency.first_token_s(state.rng))
-    if chat:
+    for choice, each in enumerate(answers):  # choice by choice, each chunk naming its index
+        if chat:
+            await response.write(
+                _chunk(
+                    request,
+                    answer,
+                    created,
+                    model,
+                    index=choice,
+                    delta={"role": "assistant", "content": ""},
+                    finish_reason=None,
+                )
+            )
+        for index, token in enumerate(each.tokens):
+            if index:
+                await asyncio.sleep(state.latency.next_token_s(state.rng))
+            piece: dict[str, Any] = {"delta": {"content": token}} if chat else {"text": token}
+            await response.write(
+                _chunk(request, answer, created, model, index=choice, **piece, finish_reason=None)
+            )
+        final: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
         await response.write(
             _chunk(
-                request,
-                answer,
-                created,
-                delta={"role": "assistant", "content": ""},
-                finish_reason=None,
+                request, answer, created, model, index=choice, **final,
+                finish_reason=each.finish_reason,
             )
-        )
-    for index, token in enumerate(answer.tokens):
-        if index:
-            await asyncio.sleep(state.latency.next_token_s(state.rng))
-        piece: dict[str, Any] = {"delta": {"content": token}} if chat else {"text": token}
-        await response.write(_chunk(request, answer, created, **piece, finish_reason=None))
-    final: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
-    await response.write(
-        _chunk(request, answer, created, **final, finish_reason=answer.finish_reason)
-    )
+        )  # fmt: skip
     if request.params.include_usage():
         await response.write(
             sse_event(
@@ -159,9 +186,9 @@ async def _stream(
                     "id": f"{'chatcmpl' if chat else 'cmpl'}-{answer.digest[:24]}",
                     "object": "chat.completion.chunk" if chat else "text_completion",
                     "created": created,
-                    "model": request.params.model,
+                    "model": model,
                     "choices": [],
-                    "usage": _usage(prompt_tokens, len(answer.tokens)),
+                    "usage": _usage(prompt_tokens, sum(len(a.tokens) for a in answers)),
                 }
             )
         )
@@ -182,7 +209,7 @@ async def _complete(http_request: web.Request, request: InferenceRequest) -> web
         if http_request.transport is not None:
             http_request.transport.abort()
         raise asyncio.CancelledError  # nothing to answer: the connection is gone
-    answer = _answer_for(request, state.config, state.rng)
+    answers = _answers_for(request, state.config, state.rng)
     prompt_tokens = count_prompt_tokens(request.prompt_text())
     extra_delay_s = state.faults.rates.slow_ms / 1000.0 if fault is Fault.SLOW else 0.0
     queued_at = time.monotonic()
@@ -197,17 +224,15 @@ async def _complete(http_request: web.Request, request: InferenceRequest) -> web
     try:
         if request.stream:
             response = await _stream(
-                http_request, request, answer, prompt_tokens, state, extra_delay_s, queue_ms
+                http_request, request, answers, prompt_tokens, state, extra_delay_s, queue_ms
             )
         else:
-            await asyncio.sleep(
-                extra_delay_s + state.latency.total_s(len(answer.tokens), state.rng)
+            longest = max(len(answer.tokens) for answer in answers)
+            await asyncio.sleep(extra_delay_s + state.latency.total_s(longest, state.rng))
+            document = _completion_document(
+                request, answers, prompt_tokens, _model(request, state.config)
             )
-            response = respond(
-                http_request,
-                _completion_document(request, answer, prompt_tokens),
-                headers={"X-Queue-Ms": queue_ms},
-            )
+            response = respond(http_request, document, headers={"X-Queue-Ms": queue_ms})
     except (asyncio.CancelledError, ConnectionResetError):
         state.metrics.cancelled.inc()
         state.metrics.requests.labels(path, "cancelled").inc()
@@ -216,12 +241,42 @@ async def _complete(http_request: web.Request, request: InferenceRequest) -> web
         state.admission.release()
     state.metrics.requests.labels(path, "200").inc()
     state.metrics.tokens.labels("in").inc(prompt_tokens)
-    state.metrics.tokens.labels("out").inc(len(answer.tokens))
+    state.metrics.tokens.labels("out").inc(sum(len(answer.tokens) for answer in answers))
     return response
 
 
 async def chat_completions(http_request: web.Request) -> web.StreamResponse:
     return await _complete(http_request, parse_chat_request(await read_document(http_request)))
+
+
+async def embeddings(http_request: web.Request) -> web.Response:
+    """Deterministic unit vectors from a hash of each input (``dimensions``, default 16):
+    the same input always gets the same vector, as from a real embedding model."""
+    state = http_request.app[STATE]
+    request = parse_embedding_request(await read_document(http_request))
+    params = request.params
+    assert isinstance(params, EmbeddingRequest)
+    inputs = params.input if isinstance(params.input, list) else [params.input]
+    if inputs and isinstance(inputs[0], int):
+        inputs = [inputs]  # one input given as token ids
+    size = params.dimensions or 16
+    await asyncio.sleep(state.latency.first_token_s(state.rng))
+    data = [
+        {"object": "embedding", "index": index, "embedding": hashed_vector(str(item), size)}
+        for index, item in enumerate(inputs)
+    ]
+    tokens = sum(count_prompt_tokens(str(item)) for item in inputs)
+    state.metrics.requests.labels(request.path, "200").inc()
+    state.metrics.tokens.labels("in").inc(tokens)
+    return respond(
+        http_request,
+        {
+            "object": "list",
+            "data": data,
+            "model": params.model or state.config.model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        },
+    )
 
 
 async def completions(http_request: web.Request) -> web.StreamResponse:

@@ -100,3 +100,11 @@ def make_answer(payload: object, max_tokens: int) -> Answer:
 def count_prompt_tokens(text: str) -> int:
     """A tokenizer-free estimate: about four characters a token, as for English BPE."""
     return max(1, (len(text) + 3) // 4)
+
+
+def hashed_vector(text: str, size: int) -> list[float]:
+    """A deterministic unit vector for a text (the stub's stand-in for an embedding)."""
+    rng = random.Random(int(request_digest(text)[:16], 16))
+    values = [rng.gauss(0.0, 1.0) for _ in range(size)]
+    norm = sum(value * value for value in values) ** 0.5 or 1.0
+    return [round(value / norm, 6) for value in values]

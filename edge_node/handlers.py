@@ -20,6 +20,8 @@ from edge_node.runner import Generation, QueueFull, Runner, TextAssembler
 from hotcold.http import read_document, respond
 from hotcold.wire import (
     ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
     InferenceRequest,
     InvalidField,
     ServiceUnavailable,
@@ -55,6 +57,7 @@ def _prompt_ids(state: EdgeState, request: InferenceRequest) -> list[int]:
             return list(ids)
         text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
         return list(tokenizer(text)["input_ids"])
+    assert isinstance(request.params, CompletionRequest)
     prompt = request.params.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
         return [int(token) for token in prompt]
@@ -63,7 +66,12 @@ def _prompt_ids(state: EdgeState, request: InferenceRequest) -> list[int]:
 
 def _generation(state: EdgeState, request: InferenceRequest) -> Generation:
     config = state.config
-    limit = request.params.output_limit() or config.default_max_tokens
+    params = request.params
+    if isinstance(params, EmbeddingRequest):  # no route leads here; narrows the type
+        raise InvalidField("this edge node does not serve embeddings", param="model")
+    if params.choices() != 1:
+        raise InvalidField("this edge node generates one choice per request (n=1)", param="n")
+    limit = params.output_limit() or config.default_max_tokens
     if limit > config.max_tokens_limit:
         raise InvalidField(
             f"max_tokens {limit} is above this edge node's limit of {config.max_tokens_limit}",
@@ -77,12 +85,7 @@ def _generation(state: EdgeState, request: InferenceRequest) -> Generation:
             code="context_length",
         )
     return Generation(
-        ids,
-        limit,
-        request.params.temperature,
-        request.params.top_p,
-        request.params.seed,
-        tuple(request.params.stop_list()),
+        ids, limit, params.temperature, params.top_p, params.seed, tuple(params.stop_list())
     )
 
 

@@ -30,7 +30,7 @@ from hotcold.http import read_document, respond
 from hotcold.wire import (
     BadRequest,
     Conflict,
-    InvalidField,
+    InvalidSetting,
     ServiceUnavailable,
     Unauthorized,
 )
@@ -149,7 +149,7 @@ def _expected_version(request: web.Request, body: dict[str, Any]) -> int | None:
         return int(match.group(1))
     expected = body.get("expected_version")
     if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool)):
-        raise InvalidField("expected_version must be an integer", param="expected_version")
+        raise InvalidSetting("expected_version must be an integer", param="expected_version")
     return expected
 
 
@@ -159,21 +159,23 @@ async def put_policy(request: web.Request) -> web.Response:
     body = await read_document(request)
     unknown = set(body) - {"changes", "by", "reason", "expected_version"}
     if unknown:
-        raise InvalidField(f"unknown field(s): {', '.join(sorted(unknown))}", code="unknown_field")
+        raise InvalidSetting(
+            f"unknown field(s): {', '.join(sorted(unknown))}", code="unknown_field"
+        )
     changes, by, reason = body.get("changes"), body.get("by"), body.get("reason", "")
     if not isinstance(changes, dict) or not changes:
-        raise InvalidField("'changes' must be a non-empty object of settings", param="changes")
+        raise InvalidSetting("'changes' must be a non-empty object of settings", param="changes")
     if by is None:
         fleet = fleet_of(request.app)
         by = f"admin api on {fleet.router_id if fleet else 'this router'}"
     if not isinstance(by, str) or not 0 < len(by) <= 200:
-        raise InvalidField("'by' must be a string of 1-200 characters", param="by")
+        raise InvalidSetting("'by' must be a string of 1-200 characters", param="by")
     if not isinstance(reason, str) or len(reason) > 500:
-        raise InvalidField("'reason' must be a string of at most 500 characters", param="reason")
+        raise InvalidSetting("'reason' must be a string of at most 500 characters", param="reason")
     try:
         await state.manager.change(changes, by, reason, _expected_version(request, body))
     except PolicyError as exc:
-        raise InvalidField(f"invalid policy change: {exc}", code="invalid_policy") from None
+        raise InvalidSetting(f"invalid policy change: {exc}", code="invalid_policy") from None
     except VersionConflict as exc:
         raise Conflict(
             f"{exc}: read the policy again and re-apply your change (nothing was written)",

@@ -5,6 +5,16 @@ A cached answer is always kept in the non-streamed form. A streamed request serv
 cache gets it replayed as SSE events; a streamed miss is relayed event by event while the
 full answer is rebuilt from the deltas. The router always asks the upstream for the usage
 chunk (token accounting needs it) and hides it from clients that did not ask for it.
+
+Faithful or not at all: every choice (``n > 1``) and every field the OpenAI stream format
+carries (content, refusal, tool calls, logprobs, finish and stop reasons, usage, system
+fingerprint) is rebuilt from the deltas and replayed into them. A stream that carries a field
+this module does not know is relayed untouched but not cached, and a plain answer whose
+message holds such a field is not replayed as a stream (the streamed request is computed
+afresh): a cache must never answer with less than the upstream did.
+
+Every answer names the public model the client asked for (router/catalog.py), never the
+upstream's own name for it nor the edge model's.
 """
 
 from __future__ import annotations
@@ -32,11 +42,14 @@ class CachedAnswer:
     body: bytes  # the non-streamed answer, JSON
     produced_by: str  # "edge" | "cloud"
     usage: dict[str, Any] | None = None
+    replayable: bool = True  # its stream form loses nothing (see the module's docstring)
 
     @classmethod
     def of(cls, body: bytes, document: dict[str, Any], produced_by: str) -> CachedAnswer:
         usage = document.get("usage")
-        return cls(body, produced_by, usage if isinstance(usage, dict) else None)
+        return cls(
+            body, produced_by, usage if isinstance(usage, dict) else None, _replayable(document)
+        )
 
     @property
     def document(self) -> dict[str, Any]:
@@ -83,91 +96,219 @@ def error_response(status: int, document: Any, headers: dict[str, str]) -> web.R
     return response
 
 
+_CHUNK_KEYS = frozenset(
+    {"id", "object", "created", "model", "system_fingerprint", "service_tier", "usage",
+     "choices", "obfuscation"}
+)  # fmt: skip
+_CHOICE_KEYS = frozenset({"index", "delta", "text", "logprobs", "finish_reason", "stop_reason"})
+_DELTA_KEYS = frozenset({"role", "content", "refusal", "tool_calls"})
+_MESSAGE_KEYS = frozenset({"role", "content", "refusal", "tool_calls", "annotations"})
+_ANSWER_CHOICE_KEYS = frozenset({"index", "message", "text", "logprobs", "finish_reason",
+                                 "stop_reason"})  # fmt: skip
+
+
+def set_model(document: dict[str, Any], public: str) -> bool:
+    """Name the public model in an answer or chunk; True when that changed it."""
+    if document.get("model") == public:
+        return False
+    document["model"] = public
+    return True
+
+
+def _replayable(document: dict[str, Any]) -> bool:
+    """Whether :func:`replay_events` can give this answer as a stream without losing a field."""
+    choices = document.get("choices")
+    if not isinstance(choices, list):
+        return "data" in document  # embeddings are never streamed
+    for choice in choices:
+        if not isinstance(choice, dict) or not choice.keys() <= _ANSWER_CHOICE_KEYS:
+            return False
+        message = choice.get("message")
+        if message is not None:
+            if not isinstance(message, dict) or not message.keys() <= _MESSAGE_KEYS:
+                return False
+            if message.get("annotations"):
+                return False
+    return True
+
+
 def replay_events(answer: CachedAnswer, request: InferenceRequest) -> list[bytes]:
-    """The SSE events of a cached answer, as the upstream would have streamed it."""
+    """The SSE events of a cached answer, as the upstream would have streamed it: per choice
+    a role chunk, the content (or text), refusal and tool calls, then the finish chunk."""
     document = answer.document
     chat = request.kind == "chat"
-    choice = (document.get("choices") or [{}])[0]
-    base = {
+    base: dict[str, Any] = {
         "id": document.get("id", ""),
         "object": "chat.completion.chunk" if chat else "text_completion",
         "created": int(time.time()),
         "model": document.get("model", request.params.model),
     }
-    events = []
-    if chat:
-        text = (choice.get("message") or {}).get("content") or ""
-        events.append(
-            sse_event(
+    if document.get("system_fingerprint") is not None:
+        base["system_fingerprint"] = document["system_fingerprint"]
+    if document.get("service_tier") is not None:
+        base["service_tier"] = document["service_tier"]
+    events: list[bytes] = []
+
+    def emit(choice: dict[str, Any]) -> None:
+        events.append(sse_event({**base, "choices": [choice]}))
+
+    for position, choice in enumerate(document.get("choices") or []):
+        index = choice.get("index", position)
+        finish: dict[str, Any] = {"index": index, "finish_reason": choice.get("finish_reason")}
+        if "stop_reason" in choice:
+            finish["stop_reason"] = choice["stop_reason"]
+        if chat:
+            message = choice.get("message") or {}
+            role = {"role": message.get("role", "assistant"), "content": ""}
+            emit({"index": index, "delta": role, "logprobs": None, "finish_reason": None})
+            delta: dict[str, Any] = {}
+            if message.get("content"):
+                delta["content"] = message["content"]
+            if message.get("refusal") is not None:
+                delta["refusal"] = message["refusal"]
+            if message.get("tool_calls"):
+                delta["tool_calls"] = [
+                    {**call, "index": position_}
+                    for position_, call in enumerate(message["tool_calls"])
+                ]
+            if delta or choice.get("logprobs") is not None:
+                emit(
+                    {
+                        "index": index,
+                        "delta": delta,
+                        "logprobs": choice.get("logprobs"),
+                        "finish_reason": None,
+                    }
+                )
+            emit({**finish, "delta": {}, "logprobs": None})
+        else:
+            emit(
                 {
-                    **base,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": {"role": "assistant", "content": ""},
-                            "finish_reason": None,
-                        }
-                    ],
+                    "index": index,
+                    "text": choice.get("text", ""),
+                    "logprobs": choice.get("logprobs"),
+                    "finish_reason": None,
                 }
             )
-        )
-        events.append(
-            sse_event(
-                {
-                    **base,
-                    "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
-                }
-            )
-        )
-        events.append(
-            sse_event(
-                {
-                    **base,
-                    "choices": [
-                        {"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")}
-                    ],
-                }
-            )
-        )
-    else:
-        events.append(
-            sse_event(
-                {
-                    **base,
-                    "choices": [
-                        {"index": 0, "text": choice.get("text", ""), "finish_reason": None}
-                    ],
-                }
-            )
-        )
-        events.append(
-            sse_event(
-                {
-                    **base,
-                    "choices": [
-                        {"index": 0, "text": "", "finish_reason": choice.get("finish_reason")}
-                    ],
-                }
-            )
-        )
+            emit({**finish, "text": "", "logprobs": None})
     if request.params.include_usage() and document.get("usage") is not None:
         events.append(sse_event({**base, "choices": [], "usage": document["usage"]}))
     events.append(SSE_DONE)
     return events
 
 
-class StreamCapture:
-    """Watches relayed SSE events: rebuilds the full answer, hides unrequested usage."""
+class _ChoiceCapture:
+    """One choice of a stream, rebuilt from its deltas."""
 
-    def __init__(self, request: InferenceRequest) -> None:
+    def __init__(self) -> None:
+        self.role = "assistant"
+        self.content: list[str] = []
+        self.refusal: list[str] | None = None
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.logprobs: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+        self.stop_reason: Any = None
+        self.has_stop_reason = False
+
+    def feed_chat(self, delta: dict[str, Any]) -> bool:
+        """False when the delta holds something this capture cannot keep faithfully."""
+        if not delta.keys() <= _DELTA_KEYS:
+            return False
+        if isinstance(delta.get("role"), str):
+            self.role = delta["role"]
+        if isinstance(delta.get("content"), str):
+            self.content.append(delta["content"])
+        if isinstance(delta.get("refusal"), str):
+            self.refusal = [*(self.refusal or []), delta["refusal"]]
+        for call in delta.get("tool_calls") or []:
+            if not isinstance(call, dict) or not isinstance(call.get("index"), int):
+                return False
+            if not self._feed_tool_call(call):
+                return False
+        return True
+
+    def _feed_tool_call(self, call: dict[str, Any]) -> bool:
+        kept = self.tool_calls.setdefault(call["index"], {})
+        for key, value in call.items():
+            if key == "index" or value is None:
+                continue
+            if key == "function":
+                if not isinstance(value, dict):
+                    return False
+                function = kept.setdefault("function", {})
+                for part, piece in value.items():
+                    if not isinstance(piece, str):
+                        return False
+                    function[part] = function.get(part, "") + piece
+            elif isinstance(value, str | int | float | bool):
+                kept[key] = value
+            else:
+                return False
+        return True
+
+    def feed_logprobs(self, logprobs: Any) -> bool:
+        """Chat: ``content``/``refusal`` lists; completions: ``tokens``, ``token_logprobs``,
+        ``top_logprobs``, ``text_offset`` lists. Both append chunk by chunk."""
+        if logprobs is None:
+            return True
+        if not isinstance(logprobs, dict):
+            return False
+        kept = self.logprobs if self.logprobs is not None else {}
+        for key, value in logprobs.items():
+            if value is None:
+                kept.setdefault(key, None)
+            elif isinstance(value, list):
+                kept[key] = [*(kept.get(key) or []), *value]
+            else:
+                return False
+        self.logprobs = kept
+        return True
+
+    def finish(self, choice: dict[str, Any]) -> None:
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        if "stop_reason" in choice:
+            self.has_stop_reason = True
+            if choice["stop_reason"] is not None:
+                self.stop_reason = choice["stop_reason"]
+
+    def document(self, index: int, chat: bool) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index}
+        if chat:
+            message: dict[str, Any] = {"role": self.role, "content": "".join(self.content)}
+            if self.refusal is not None:
+                message["refusal"] = "".join(self.refusal)
+                if not self.content:
+                    message["content"] = None
+            if self.tool_calls:
+                message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+                if not self.content:
+                    message["content"] = None
+            choice["message"] = message
+        else:
+            choice["text"] = "".join(self.content)
+        choice["logprobs"] = self.logprobs
+        choice["finish_reason"] = self.finish_reason
+        if self.has_stop_reason:
+            choice["stop_reason"] = self.stop_reason
+        return choice
+
+
+class StreamCapture:
+    """Watches relayed SSE events: names the public model in each, rebuilds the full answer
+    (every choice), and hides the usage chunk the router asked for on its own behalf."""
+
+    def __init__(self, request: InferenceRequest, public_model: str | None = None) -> None:
         self._chat = request.kind == "chat"
         self._client_wants_usage = request.params.include_usage()
-        self._pieces: list[str] = []
+        self._public = public_model
+        self._choices: dict[int, _ChoiceCapture] = {}
         self._first: dict[str, Any] | None = None
-        self._finish_reason: str | None = None
+        self._fingerprint: Any = None
         self.usage: dict[str, Any] | None = None
         self.done = False
         self.broken = False
+        self.faithful = True  # False: a field this capture cannot keep; relay, don't cache
 
     def feed(self, event: bytes) -> bytes | None:
         """The event to relay to the client, or None to hold it back."""
@@ -182,57 +323,65 @@ class StreamCapture:
         except orjson.JSONDecodeError:
             self.broken = True
             return event
-        if not isinstance(chunk, dict):
-            self.broken = True
-            return event
-        if "error" in chunk:
+        if not isinstance(chunk, dict) or "error" in chunk:
             self.broken = True
             return event
         if self._first is None:
             self._first = chunk
+        if not chunk.keys() <= _CHUNK_KEYS:
+            self.faithful = False
+        if chunk.get("system_fingerprint") is not None:
+            self._fingerprint = chunk["system_fingerprint"]
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         choices = chunk.get("choices") or []
-        if choices and isinstance(choices[0], dict):
-            choice = choices[0]
-            piece = (choice.get("delta") or {}).get("content") if self._chat else choice.get("text")
-            if isinstance(piece, str):
-                self._pieces.append(piece)
-            if choice.get("finish_reason"):
-                self._finish_reason = choice["finish_reason"]
-        elif self.usage is not None and not self._client_wants_usage:
+        for choice in choices:
+            self._feed_choice(choice)
+        if not choices and self.usage is not None and not self._client_wants_usage:
             return None  # the usage-only chunk the router asked for on its own behalf
+        if self._public is not None and set_model(chunk, self._public):
+            return sse_event(chunk)
         return event
 
-    def answer(self, produced_by: str) -> CachedAnswer | None:
-        """The complete answer, if the stream ended cleanly."""
-        if not self.done or self.broken or self._first is None or self._finish_reason is None:
-            return None
-        text = "".join(self._pieces)
-        first = self._first
+    def _feed_choice(self, choice: Any) -> None:
+        if not isinstance(choice, dict) or not choice.keys() <= _CHOICE_KEYS:
+            self.faithful = False
+            return
+        index = choice.get("index", 0)
+        if not isinstance(index, int):
+            self.faithful = False
+            return
+        kept = self._choices.setdefault(index, _ChoiceCapture())
         if self._chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": self._finish_reason,
-                "logprobs": None,
-            }
-            kind = "chat.completion"
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "finish_reason": self._finish_reason,
-                "logprobs": None,
-            }
-            kind = "text_completion"
+            delta = choice.get("delta") or {}
+            if not isinstance(delta, dict) or not kept.feed_chat(delta):
+                self.faithful = False
+        elif isinstance(choice.get("text"), str):
+            kept.content.append(choice["text"])
+        if not kept.feed_logprobs(choice.get("logprobs")):
+            self.faithful = False
+        kept.finish(choice)
+
+    def answer(self, produced_by: str) -> CachedAnswer | None:
+        """The complete answer, if the stream ended cleanly and nothing was beyond capture."""
+        if not self.done or self.broken or not self.faithful or self._first is None:
+            return None
+        if not self._choices or any(c.finish_reason is None for c in self._choices.values()):
+            return None
+        first = self._first
         document: dict[str, Any] = {
             "id": first.get("id", ""),
-            "object": kind,
+            "object": "chat.completion" if self._chat else "text_completion",
             "created": first.get("created", 0),
-            "model": first.get("model", ""),
-            "choices": [choice],
+            "model": self._public or first.get("model", ""),
+            "choices": [
+                self._choices[index].document(index, self._chat) for index in sorted(self._choices)
+            ],
         }
+        if self._fingerprint is not None:
+            document["system_fingerprint"] = self._fingerprint
+        if first.get("service_tier") is not None:
+            document["service_tier"] = first["service_tier"]
         if self.usage is not None:
             document["usage"] = self.usage
         return CachedAnswer.of(orjson.dumps(document), document, produced_by)

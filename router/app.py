@@ -37,23 +37,25 @@ from router.dashboard import DASHBOARD, DashboardRecorder, dashboard_data, dashb
 from router.dispatch import Dispatcher
 from router.fleet import FleetSync
 from router.handlers import (
-    CLOUD,
     DISPATCHER,
     EDGE,
-    MODELS_CACHE,
     SESSION,
     chat_completions,
     completions,
+    embeddings,
     healthz,
     metrics,
+    model,
     models,
     readyz,
 )
 from router.metrics import RouterMetrics
 from router.middlewares import IN_FLIGHT, METRICS, context_middleware, shedding_middleware
+from router.models import ModelRoutes
 from router.openapi import openapi_json
 from router.policy import effective_values, values_from_config
 from router.policy_manager import PolicyManager, pin_rules, threshold_params
+from router.pools import Pools
 from router.sketch import FrequencySketch, ceil_power_of_two
 from router.tenants import Authenticator, TenantLimiter
 from router.threshold import ThresholdController
@@ -90,7 +92,8 @@ def build_policy(config: RouterConfig, clock: Clock) -> tuple[Classifier, Respon
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
-    """The HTTP client session (keep-alive pool), the pools, their probers, the dispatcher."""
+    """The HTTP client session (keep-alive pool), the model catalog with its pools and their
+    probers, the edge pool, the dispatcher."""
     config = app[CONFIG]
     connector = aiohttp.TCPConnector(
         limit=config.cloud.max_connections,
@@ -100,22 +103,25 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     )
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
     metrics = app[METRICS]
-    cloud = UpstreamPool(
-        "cloud", config.cloud, session, app[CLOCK], observer=metrics.observe_attempt
-    )
-    metrics.watch_pool(cloud)
+    pools = Pools(session, app[CLOCK], observer=metrics.observe_attempt)
+    try:
+        routes = ModelRoutes(pools, config)
+    except BaseException:
+        await session.close()
+        raise
+    metrics.watch_pools(lambda: pools)
     edge = None
     if config.edge.endpoints:
         edge = UpstreamPool(
             "edge", config.edge, session, app[CLOCK], observer=metrics.observe_attempt
         )
-        metrics.watch_pool(edge)
+        metrics.watch_pools(lambda: [edge] if edge is not None else [])
     classifier, cache = build_policy(config, app[CLOCK])
-    manager = PolicyManager(app[LAYERS], config, classifier, app[CLOCK])
+    manager = PolicyManager(app[LAYERS], config, classifier, app[CLOCK], routes.apply)
     limiter = TenantLimiter(config.tenants, config.edge.max_inflight)
     dispatcher = Dispatcher(
         config,
-        cloud,
+        routes,
         edge,
         classifier,
         cache,
@@ -128,15 +134,10 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     state = PolicyState(config, classifier, cache, dispatcher, edge, manager)
     metrics.watch_policy(lambda: state)
     app[SESSION] = session
-    app[CLOUD] = cloud
     app[EDGE] = edge
     app[DISPATCHER] = dispatcher
     app[POLICY_STATE] = state
-    probers = [
-        asyncio.create_task(pool.run_prober(), name=f"{pool.name}-prober")
-        for pool in (cloud, edge)
-        if pool is not None
-    ]
+    probers = [asyncio.create_task(edge.run_prober(), name="edge-prober")] if edge else []
     try:
         yield
     finally:
@@ -145,6 +146,7 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         for prober in probers:
             with contextlib.suppress(asyncio.CancelledError):
                 await prober
+        await pools.close()
         await session.close()
 
 
@@ -234,7 +236,6 @@ def create_app(
     app[METRICS] = RouterMetrics()
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
     app[BODY_TIMEOUT_S] = config.server.body_timeout_s
-    app[MODELS_CACHE] = {}
     app[IN_FLIGHT] = [0]
     app[LAYERS] = layers or ConfigLayers.of(config)
     app[HANDLE_SIGNALS] = handle_signals
@@ -243,7 +244,9 @@ def create_app(
     app.cleanup_ctx.append(_dashboard)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -71,11 +72,30 @@ class HealthConfig(_Frozen):
     stale_after_s: float = Field(default=10.0, gt=0)
 
 
+class CredentialConfig(_Frozen):
+    """Where an upstream's API key comes from: an environment variable or a file (a mounted
+    secret). Only the reference is in the config; the key itself is read at start-up and on
+    reload, and never logged or shown."""
+
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CredentialConfig:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+
 class PoolConfig(_Frozen):
     """An upstream pool: the cloud GPU servers, or the edge node (a pool of one)."""
 
     endpoints: tuple[str, ...] = ()
-    api_key: str | None = None  # sent as "Authorization: Bearer" to every endpoint
+    api_key: SecretStr | None = None  # literal key for every endpoint (prefer api_key_env)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    api_key_file: str | None = None
+    endpoint_keys: dict[str, CredentialConfig] = {}  # per endpoint URL; overrides the pool's
+    health_path: str = Field(default="/healthz", pattern=r"^/[A-Za-z0-9/._-]{0,200}$")
     max_attempts: int = Field(default=3, ge=1, le=10)
     connect_timeout_s: float = Field(default=2.0, gt=0)
     max_connections: int = Field(default=1024, ge=1)
@@ -90,6 +110,21 @@ class PoolConfig(_Frozen):
         if len(set(urls)) != len(urls):
             raise ValueError("an endpoint is listed twice")
         return urls
+
+    @field_validator("endpoint_keys")
+    @classmethod
+    def _key_urls(cls, value: dict[str, CredentialConfig]) -> dict[str, CredentialConfig]:
+        return {_check_url(url): credential for url, credential in value.items()}
+
+    @model_validator(mode="after")
+    def _one_pool_key(self) -> PoolConfig:
+        sources = [self.api_key, self.api_key_env, self.api_key_file]
+        if sum(source is not None for source in sources) > 1:
+            raise ValueError("give at most one of api_key, api_key_env, api_key_file")
+        unknown = set(self.endpoint_keys) - set(self.endpoints)
+        if unknown:
+            raise ValueError(f"endpoint_keys names endpoints not in the pool: {sorted(unknown)}")
+        return self
 
 
 class EdgeConfig(PoolConfig):
@@ -170,6 +205,55 @@ class CacheConfig(_Frozen):
             raise ValueError(f"policies must be a non-empty subset of {sorted(known)}")
         if self.initial_policy not in self.policies:
             raise ValueError(f"initial_policy {self.initial_policy!r} is not in policies")
+        return self
+
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$"
+
+
+class EdgeModelConfig(_Frozen):
+    """The catalog's permission for the edge node to answer a model, and as which edge model."""
+
+    model: str | None = Field(default=None, max_length=256)  # None: the name the client sent
+
+
+class ModelConfig(_Frozen):
+    """One public model: what clients send, which pool serves it, and whether the edge may."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    aliases: tuple[str, ...] = ()  # other names clients may send; glob patterns allowed ("*")
+    pool: str = "cloud"  # a key of ``pools``, or "cloud" for the ``cloud`` section
+    upstream_model: str | None = Field(default=None, max_length=256)  # None: the public name
+    apis: tuple[Literal["chat", "completion", "embeddings"], ...] = ("chat", "completion")
+    edge: EdgeModelConfig | None = None  # None: never answered by the edge node
+    owned_by: str = Field(default="hotcold", max_length=64)
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_shape(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in value:
+            if not 0 < len(alias) <= 256:
+                raise ValueError(f"alias {alias!r} must have 1-256 characters")
+        return value
+
+
+class ModelsConfig(_Frozen):
+    """The model catalog. Empty: the ``cloud`` (and ``edge``) sections are a one-model
+    catalog that answers any model name, as the router did before it had a catalog."""
+
+    default: str | None = None  # a catalog name used when a request names no model
+    catalog: tuple[ModelConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> ModelsConfig:
+        seen: set[str] = set()
+        for entry in self.catalog:
+            for name in (entry.name, *entry.aliases):
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is given twice in the catalog")
+                seen.add(name)
+        if self.default is not None and self.default not in seen:
+            raise ValueError(f"default model {self.default!r} is not in the catalog")
         return self
 
 
@@ -270,6 +354,8 @@ class LoggingConfig(_Frozen):
 class RouterConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     cloud: PoolConfig = PoolConfig(endpoints=("http://127.0.0.1:9001",))
+    pools: dict[str, PoolConfig] = {}  # named cloud pools for the model catalog
+    models: ModelsConfig = ModelsConfig()
     edge: EdgeConfig = EdgeConfig()
     policy: PolicyConfig = PolicyConfig()
     cache: CacheConfig = CacheConfig()
@@ -279,6 +365,25 @@ class RouterConfig(_Frozen):
     cost: CostConfig = CostConfig()
     dashboard: DashboardConfig = DashboardConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, value: dict[str, PoolConfig]) -> dict[str, PoolConfig]:
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9._-]{1,64}$", name) or name == "cloud":
+                raise ValueError(f"pool name {name!r}: 1-64 of [A-Za-z0-9._-], not 'cloud'")
+        return value
+
+    @model_validator(mode="after")
+    def _catalog_pools_exist(self) -> RouterConfig:
+        known = {"cloud", *self.pools}
+        for entry in self.models.catalog:
+            if entry.pool not in known:
+                raise ValueError(
+                    f"model {entry.name!r} names pool {entry.pool!r}, which is not configured"
+                    f" (pools: {', '.join(sorted(known))})"
+                )
+        return self
 
 
 # Environment variables and the config path each one sets (comma-separated lists allowed).

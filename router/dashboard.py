@@ -24,7 +24,7 @@ from aiohttp import web
 from hotcold.http import respond
 from router.admin import POLICY_STATE, fleet_status, require_admin
 from router.cost import CostEstimate
-from router.handlers import CLOUD
+from router.handlers import DISPATCHER, pool_snapshot
 from router.metrics import RouterMetrics
 
 ADMIN_COOKIE = "hotcold_admin"
@@ -179,7 +179,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
             "max_inflight": state.config.edge.max_inflight,
             "node": recorder.edge_node,
         },
-        "cloud": request.app[CLOUD].snapshot(),
+        "cloud": [e for pool in request.app[DISPATCHER].routes.pools for e in pool_snapshot(pool)],
         "cost": {
             "currency": state.config.cost.currency,
             "actual": round(cost.actual, 6),

@@ -2,17 +2,22 @@
 
 The flow::
 
-    key = tenant + model + canonical request           (router.keys)
+    model = the catalog's entry for the name asked  (router.catalog; 404 model_not_found)
+    key = tenant + public model + canonical request  (router.keys)
     classification = pins, then frequency vs threshold (router.classify; counts every request)
     deterministic and not opted out?  cache hit  ──► X-Route: hot, X-Served-By: cache
     identical miss already in flight? wait for it   (single-flight)
-    hot and the edge node can take it ──► edge;  it fails or is full ──► cloud (still hot)
-    cold ──► cloud
+    hot, the catalog lets the edge answer this model, the request asks for nothing the edge
+        node cannot do (tools, n > 1, ...) and the edge can take it ──► edge;
+        it fails or is full ──► the model's cloud pool (still hot)
+    cold ──► the model's cloud pool
     deterministic answer ──► offered to the cache (its measured eviction policy decides)
 
 Every answer carries ``X-Route`` (hot|cold), ``X-Cache`` (hit|miss|bypass) and
 ``X-Served-By`` (cache|edge|cloud; ``router`` when the router answered an error itself).
 A hot request is never failed because the edge is down or busy while the cloud can answer.
+Upstreams are asked for their own name of the model (the catalog's ``upstream_model``, or the
+edge model); every answer, plain, streamed or cached, names the public model asked for.
 """
 
 from __future__ import annotations
@@ -39,13 +44,16 @@ from router.answers import (
     error_response,
     plain_response,
     replay_events,
+    set_model,
 )
 from router.cache import ResponseCache
+from router.catalog import ResolvedModel
 from router.classify import Classification, Classifier
 from router.clock import Clock
 from router.config import RouterConfig
 from router.keys import request_key
 from router.metrics import RouterMetrics
+from router.models import ModelRoutes
 from router.policy_manager import PolicyManager
 from router.singleflight import SingleFlight
 from router.tenants import Authenticator, TenantLimiter
@@ -54,11 +62,32 @@ from router.upstream import StreamBroken, UpstreamPool, UpstreamReply
 log = logging.getLogger("hotcold.dispatch")
 
 
+# Fields the edge node acts on (edge_node/handlers.py); a request with any other field
+# (tools, response_format, logprobs, penalties, vLLM's guided decoding, ...) would get an
+# answer that silently ignores it there, so it goes to the model's cloud pool instead.
+EDGE_FIELDS = frozenset(
+    {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature",
+     "top_p", "stop", "seed", "stream", "stream_options", "user", "metadata", "store",
+     "service_tier", "prompt_cache_key", "safety_identifier", "n"}
+)  # fmt: skip
+UNRESOLVED = "unresolved"  # the model label of answers given before a model was resolved
+
+
+def edge_can_answer(request: InferenceRequest) -> bool:
+    """Whether the edge node can answer this request faithfully (whatever its catalog entry)."""
+    return (
+        request.kind != "embeddings"
+        and request.params.choices() == 1
+        and request.body.keys() <= EDGE_FIELDS
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     route: str  # "hot" | "cold"
     cache: str  # "hit" | "miss" | "bypass"
     served_by: str  # "cache" | "edge" | "cloud" | "router"
+    model: str = UNRESOLVED  # the catalog name (a bounded label set for the metrics)
 
     def headers(self) -> dict[str, str]:
         return {"X-Route": self.route, "X-Cache": self.cache, "X-Served-By": self.served_by}
@@ -85,7 +114,7 @@ class Dispatcher:
     def __init__(
         self,
         config: RouterConfig,
-        cloud: UpstreamPool,
+        routes: ModelRoutes,
         edge: UpstreamPool | None,
         classifier: Classifier,
         cache: ResponseCache,
@@ -99,7 +128,7 @@ class Dispatcher:
         self.tenants = tenants
         self._authenticator = authenticator
         self._policy = policy  # live cache rules (TTL, admission) from the fleet policy
-        self._cloud = cloud
+        self.routes = routes  # the live catalog and its pools (replaced on reload)
         self._edge = edge
         self._classifier = classifier
         self._cache = cache
@@ -131,6 +160,7 @@ class Dispatcher:
         self, http: web.Request, request: InferenceRequest, tenant: str
     ) -> web.StreamResponse:
         now = self._clock.now()
+        model = self.routes.catalog.resolve(request.params.model, request.kind)
         limits = self._config.server
         output = request.params.output_limit()
         if output is not None and output > limits.max_tokens_ceiling:
@@ -146,16 +176,17 @@ class Dispatcher:
                 f"the prompt has {len(prompt)} characters, over the limit of "
                 f"{limits.max_prompt_chars}",
                 code="context_length_exceeded",
-                param="messages" if request.path.endswith("chat/completions") else "prompt",
+                param={"chat": "messages", "completion": "prompt"}.get(request.kind, "input"),
             )
-        key = request_key(tenant, request)
-        verdict = self._classifier.classify(key.fingerprint, request.params.model, prompt, now)
+        key = request_key(tenant, model.public, request)
+        verdict = self._classifier.classify(key.fingerprint, model.public, prompt, now)
         read, write = cache_modes(request, http.headers.get("Cache-Control"))
         deadline_at = now + self._config.server.request_deadline_s
         if read:
             cached = self._cache.get(key.fingerprint, now, tenant)
-            if cached is not None:
-                return self._from_cache(http, request, cached, Decision("hot", "hit", "cache"))
+            if cached is not None and (cached.replayable or not request.stream):
+                hit = Decision("hot", "hit", "cache", model.entry.name)
+                return self._from_cache(http, request, cached, hit)
         label = "miss" if read else "bypass"
         leading = False
         if read and write:
@@ -164,14 +195,16 @@ class Dispatcher:
                 leading = True
             else:
                 shared = await SingleFlight.wait(flight, deadline_at - self._clock.now())
-                if shared is not None:
-                    decision = Decision(verdict.route, "miss", shared.produced_by)
+                if shared is not None and (shared.replayable or not request.stream):
+                    decision = Decision(verdict.route, "miss", shared.produced_by, model.entry.name)
                     response = self._from_cache(http, request, shared, decision)
                     response.headers["X-Coalesced"] = "true"
                     return response
         answer: CachedAnswer | None = None
         try:
-            response, answer = await self._compute(http, request, verdict, label, deadline_at)
+            response, answer = await self._compute(
+                http, request, model, verdict, label, deadline_at
+            )
         finally:
             if leading:
                 self.flights.finish(key.fingerprint, answer)
@@ -196,7 +229,7 @@ class Dispatcher:
     ) -> web.StreamResponse:
         http[DECISION] = decision
         headers = decision.headers()
-        self._count_tokens(http, answer.usage, "cache")  # no upstream cost
+        self._count_tokens(http, answer.usage, "cache", decision.model)  # no upstream cost
         if request.stream:
             return web.Response(
                 body=b"".join(replay_events(answer, request)), headers={**SSE_HEADERS, **headers}
@@ -207,6 +240,7 @@ class Dispatcher:
         self,
         http: web.Request,
         request: InferenceRequest,
+        model: ResolvedModel,
         verdict: Classification,
         label: str,
         deadline_at: float,
@@ -214,17 +248,21 @@ class Dispatcher:
         document = request.body
         if request.stream and not request.params.include_usage():
             document = {**document, "stream_options": {"include_usage": True}}
-        body = orjson.dumps(document)
         headers = {"X-Request-Id": http.get(REQUEST_ID, "")}
         tenant = http[TENANT]
-        if verdict.route == "hot" and self._edge is not None:
-            if self._edge.available() and self.tenants.take_edge_slot(tenant, self._clock.now()):
+        name = model.entry.name
+        edge = self._edge
+        if verdict.route == "hot" and edge is not None and model.entry.edge_allowed:
+            if not edge_can_answer(request):
+                self._metrics.edge_fallbacks.labels("request_not_for_edge").inc()
+            elif edge.available() and self.tenants.take_edge_slot(tenant, self._clock.now()):
                 edge_deadline = min(deadline_at, self._clock.now() + self._config.edge.timeout_s)
-                decision = Decision("hot", label, "edge")
+                decision = Decision("hot", label, "edge", name)
                 http[DECISION] = decision
+                body = orjson.dumps({**document, "model": model.edge_name})
                 try:
                     return await self._from_pool(
-                        http, request, self._edge, decision, body, edge_deadline, headers
+                        http, request, model, edge, decision, body, edge_deadline, headers
                     )
                 except ApiError as exc:
                     self._metrics.edge_fallbacks.labels("edge_failed").inc()
@@ -235,13 +273,15 @@ class Dispatcher:
                 self._metrics.edge_fallbacks.labels("edge_busy_or_down").inc()
                 log.debug(
                     "edge busy or down (%d outstanding); serving from the cloud",
-                    self._edge.outstanding,
+                    edge.outstanding,
                 )
-        decision = Decision(verdict.route, label, "cloud")
+        decision = Decision(verdict.route, label, "cloud", name)
         http[DECISION] = decision
+        pool = self.routes.pool_of(model.entry.pool)
+        body = orjson.dumps({**document, "model": model.upstream_name})
         try:
             return await self._from_pool(
-                http, request, self._cloud, decision, body, deadline_at, headers
+                http, request, model, pool, decision, body, deadline_at, headers
             )
         except ApiError:
             http[DECISION] = replace(decision, served_by="router")
@@ -251,6 +291,7 @@ class Dispatcher:
         self,
         http: web.Request,
         request: InferenceRequest,
+        model: ResolvedModel,
         pool: UpstreamPool,
         decision: Decision,
         body: bytes,
@@ -261,12 +302,12 @@ class Dispatcher:
         if request.stream:
             upstream = await pool.open_stream(request.path, body, deadline_at, headers)
             if isinstance(upstream, UpstreamReply):
-                return self._reply(http, upstream, decision)
+                return self._reply(http, upstream, decision, model.public)
             self._observe_edge(decision, upstream.queue_ms, started)
-            return await self._relay(http, request, upstream, decision)
+            return await self._relay(http, request, upstream, decision, model.public)
         reply = await pool.complete(request.path, body, deadline_at, headers)
         self._observe_edge(decision, reply.queue_ms, started)
-        return self._reply(http, reply, decision)
+        return self._reply(http, reply, decision, model.public)
 
     def _observe_edge(self, decision: Decision, queue_ms: float | None, started: float) -> None:
         """Feed the capacity loop: the edge's own queue report, else time to first byte."""
@@ -277,7 +318,7 @@ class Dispatcher:
         self._classifier.controller.observe_queue_delay(queue_ms)
 
     def _reply(
-        self, http: web.Request, reply: UpstreamReply, decision: Decision
+        self, http: web.Request, reply: UpstreamReply, decision: Decision, public: str
     ) -> tuple[web.Response, CachedAnswer | None]:
         headers = decision.headers()
         try:
@@ -292,9 +333,10 @@ class Dispatcher:
                 "upstream sent an unreadable answer", "upstream_error", "bad_upstream_answer"
             )
             return error_response(502, bad, headers), None
-        self._count_tokens(http, document.get("usage"), decision.served_by)
-        answer = CachedAnswer.of(reply.body, document, decision.served_by)
-        return plain_response(http, document, reply.body, headers), answer
+        self._count_tokens(http, document.get("usage"), decision.served_by, decision.model)
+        body = orjson.dumps(document) if set_model(document, public) else reply.body
+        answer = CachedAnswer.of(body, document, decision.served_by)
+        return plain_response(http, document, body, headers), answer
 
     async def _relay(
         self,
@@ -302,8 +344,9 @@ class Dispatcher:
         request: InferenceRequest,
         upstream: Any,
         decision: Decision,
+        public: str,
     ) -> tuple[web.StreamResponse, CachedAnswer | None]:
-        capture = StreamCapture(request)
+        capture = StreamCapture(request, public)
         response = web.StreamResponse(
             headers={**SSE_HEADERS, **decision.headers(), "X-Request-Id": http.get(REQUEST_ID, "")}
         )
@@ -324,20 +367,20 @@ class Dispatcher:
             await response.write_eof()
         finally:
             upstream.close()  # no-op after a clean end; frees the upstream slot otherwise
-        self._count_tokens(http, capture.usage, decision.served_by)
+        self._count_tokens(http, capture.usage, decision.served_by, decision.model)
         return response, capture.answer(decision.served_by)
 
-    def _count_tokens(self, http: web.Request, usage: Any, served_by: str) -> None:
+    def _count_tokens(self, http: web.Request, usage: Any, served_by: str, model: str) -> None:
         """Metrics and cost; the tenant's token quota for what an upstream produced."""
         if not isinstance(usage, dict):
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         upstream = 0
         if isinstance(prompt, int) and prompt >= 0:
-            self._metrics.count_tokens("in", served_by, prompt)
+            self._metrics.count_tokens("in", served_by, model, prompt)
             upstream += prompt
         if isinstance(completion, int) and completion >= 0:
-            self._metrics.count_tokens("out", served_by, completion)
+            self._metrics.count_tokens("out", served_by, model, completion)
             upstream += completion
         if served_by != "cache" and TENANT in http:
             self.tenants.debit_tokens(http[TENANT], upstream, self._clock.now())

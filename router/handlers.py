@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hotcold.http import read_document, respond
-from hotcold.wire import ServiceUnavailable, parse_chat_request, parse_completion_request
+from hotcold.wire import (
+    ModelNotFound,
+    parse_chat_request,
+    parse_completion_request,
+    parse_embedding_request,
+)
 from router.admin import fleet_status
 from router.dispatch import Dispatcher
 from router.middlewares import METRICS
 from router.upstream import UpstreamPool
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-CLOUD = web.AppKey("cloud_pool", UpstreamPool)
 EDGE = web.AppKey("edge_pool", object)  # UpstreamPool | None; read through edge_pool()
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-MODELS_CACHE = web.AppKey("models_cache", dict)
-MODELS_TTL_S = 30.0
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -40,36 +40,27 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await dispatcher.serve(request, inference, tenant)
 
 
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    dispatcher = request.app[DISPATCHER]
+    tenant = dispatcher.admit(request)
+    inference = parse_embedding_request(await read_document(request))
+    return await dispatcher.serve(request, inference, tenant)
+
+
 async def models(request: web.Request) -> web.Response:
-    """The union of the models the cloud pool serves, cached for a while."""
-    cache: dict[str, Any] = request.app[MODELS_CACHE]
-    now = time.monotonic()
-    if cache.get("at") is not None and now - cache["at"] < MODELS_TTL_S:
-        return respond(request, cache["document"])
-    pool = request.app[CLOUD]
-    seen: dict[str, dict[str, Any]] = {}
-    for endpoint in pool.endpoints:
-        if not endpoint.breaker.allows_request():
-            continue
-        try:
-            async with request.app[SESSION].get(
-                endpoint.url + "/v1/models", timeout=aiohttp.ClientTimeout(total=2.0)
-            ) as answer:
-                if answer.status != 200:
-                    continue
-                listing = orjson.loads(await answer.read())
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            continue
-        for item in listing.get("data", []) if isinstance(listing, dict) else []:
-            if isinstance(item, dict) and isinstance(item.get("id"), str):
-                seen.setdefault(item["id"], item)
-    if not seen and "document" in cache:
-        return respond(request, cache["document"])  # stale beats nothing
-    if not seen:
-        raise ServiceUnavailable("no cloud endpoint answered the model listing", retry_after_s=1)
-    document = {"object": "list", "data": list(seen.values())}
-    cache.update(at=now, document=document)
-    return respond(request, document)
+    """The catalog: the public models clients may ask for (OpenAI's list shape)."""
+    return respond(request, request.app[DISPATCHER].routes.catalog.listing())
+
+
+async def model(request: web.Request) -> web.Response:
+    """One model of the catalog, by its name or an alias; 404 ``model_not_found``."""
+    name = request.match_info["model"]
+    resolved = request.app[DISPATCHER].routes.catalog.find(name)
+    if resolved is None:
+        raise ModelNotFound(
+            f"The model '{name}' does not exist or you do not have access to it.", param="model"
+        )
+    return respond(request, {**resolved.entry.describe(), "id": resolved.public})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -84,22 +75,37 @@ async def _pool_ready(pool: UpstreamPool) -> bool:
         return False
 
 
+def pool_snapshot(pool: UpstreamPool) -> list[dict[str, Any]]:
+    """A pool's endpoints, each named with its pool."""
+    return [{**endpoint, "pool": pool.name} for endpoint in pool.snapshot()]
+
+
 def edge_pool(app: web.Application) -> UpstreamPool | None:
     edge = app[EDGE]
     return edge if isinstance(edge, UpstreamPool) else None
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the cloud pool can answer (every request can be served then); the edge
+    """Ready when a cloud pool of the catalog can answer; each pool's state is reported (a
+    pool that is down fails its models' requests with 503, not the whole router). The edge
     node's state is reported but does not decide: without it hot misses go to the cloud."""
-    cloud = request.app[CLOUD]
+    pools = list(request.app[DISPATCHER].routes.pools)
     edge = edge_pool(request.app)
-    cloud_ready, edge_ready = await asyncio.gather(
-        _pool_ready(cloud), _pool_ready(edge) if edge is not None else asyncio.sleep(0, None)
+    *pools_ready, edge_ready = await asyncio.gather(
+        *(_pool_ready(pool) for pool in pools),
+        _pool_ready(edge) if edge is not None else asyncio.sleep(0, None),
     )
+    cloud_ready = any(pools_ready)
     document: dict[str, Any] = {
         "ready": cloud_ready,
-        "cloud": {"ready": cloud_ready, "endpoints": cloud.snapshot()},
+        "cloud": {
+            "ready": cloud_ready,
+            "endpoints": [e for pool in pools for e in pool_snapshot(pool)],
+            "pools": {
+                pool.name: {"ready": ready, "endpoints": pool.snapshot()}
+                for pool, ready in zip(pools, pools_ready, strict=True)
+            },
+        },
         "edge": {
             "configured": edge is not None,
             "ready": bool(edge_ready),

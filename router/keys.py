@@ -1,9 +1,12 @@
 """Request keys: which requests are "the same" for the cache and the frequency sketch.
 
-A key is tenant + model + the canonical request: the kind (chat or text), the messages' roles,
-names and text (or the prompt), and the generation parameters that change the output. Fields
-that do not change the output (``stream``, ``stream_options``, ``user``, ``metadata``,
-``store``, ``service_tier``) are left out, so a streamed and a plain request share an entry.
+A key is tenant + public model + the canonical request: the kind (chat, text or embeddings)
+and every other field of the body, so that any field that can change the answer (known or
+forwarded unread: ``tools``, ``response_format``, ``guided_json`` ...) separates entries.
+Fields that do not change the output (``stream``, ``stream_options``, ``user``, ``metadata``,
+``store``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``) are left out, so a
+streamed and a plain request share an entry. The model is the catalog's public name, not the
+name sent: aliases of one model share its entries (router/catalog.py).
 
 The canonical form is serialised with sorted keys and hashed with BLAKE2b to 128 bits: the
 fingerprint feeds the sketch's four 32-bit row indexes, and the hex digest names the cache
@@ -22,7 +25,17 @@ from hotcold.wire import InferenceRequest
 
 # Body fields that do not change what the model answers.
 OUTPUT_NEUTRAL_FIELDS = frozenset(
-    {"stream", "stream_options", "user", "metadata", "store", "service_tier"}
+    {
+        "model",  # keyed by its public name instead (aliases share)
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
 )
 
 
@@ -66,10 +79,11 @@ def fingerprint_of(*parts: bytes) -> tuple[int, str]:
     return int.from_bytes(digest, "big"), digest.hex()
 
 
-def request_key(tenant: str, request: InferenceRequest) -> RequestKey:
+def request_key(tenant: str, model: str, request: InferenceRequest) -> RequestKey:
+    """``model``: the public name the catalog resolved the request's model to."""
     canonical = orjson.dumps(canonical_document(request), option=orjson.OPT_SORT_KEYS)
-    fingerprint, digest = fingerprint_of(tenant.encode(), request.params.model.encode(), canonical)
-    return RequestKey(tenant, request.params.model, fingerprint, digest)
+    fingerprint, digest = fingerprint_of(tenant.encode(), model.encode(), canonical)
+    return RequestKey(tenant, model, fingerprint, digest)
 
 
 def int_fingerprint(key: int) -> int:

@@ -245,7 +245,7 @@ class _CostCollector(Collector):
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._pools: list[UpstreamPool] = []
+        self._pools: list[Callable[[], Iterable[UpstreamPool]]] = []
         # Plain totals beside the Prometheus series, for the cost estimate and the dashboard.
         self.token_totals: dict[tuple[str, str], int] = defaultdict(int)
         self.answer_totals: dict[tuple[str, str, str], int] = defaultdict(int)
@@ -253,7 +253,7 @@ class RouterMetrics:
         self.requests = Counter(
             "hotcold_requests",
             "Answered inference requests.",
-            ["api", "route", "cache", "served_by", "status"],
+            ["api", "route", "cache", "served_by", "status", "model"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -273,8 +273,8 @@ class RouterMetrics:
         self.tokens = Counter(
             "hotcold_tokens",
             "Tokens in answered requests, by direction and producer (cache: replayed from the"
-            " cache or shared with an identical request in flight).",
-            ["direction", "served_by"],
+            " cache or shared with an identical request in flight), and model.",
+            ["direction", "served_by", "model"],
             registry=self.registry,
         )
         self.refused = Counter(
@@ -286,24 +286,32 @@ class RouterMetrics:
         )
         self.edge_fallbacks = Counter(
             "hotcold_edge_fallbacks",
-            "Hot requests served by the cloud because the edge failed or was full or down.",
+            "Hot requests of edge-eligible models served by the cloud: the edge failed, was"
+            " full or down, or the request asked for what the edge node cannot do.",
             ["reason"],
             registry=self.registry,
         )
-        self.registry.register(_PoolCollector(lambda: self._pools))
+        self.registry.register(
+            _PoolCollector(lambda: [pool for pools in self._pools for pool in pools()])
+        )
 
     def watch_policy(self, view: Callable[[], PolicyView]) -> None:
         self.registry.register(_PolicyCollector(view))
 
-    def count_tokens(self, direction: str, served_by: str, count: int) -> None:
-        self.tokens.labels(direction, served_by).inc(count)
+    def count_tokens(self, direction: str, served_by: str, model: str, count: int) -> None:
+        self.tokens.labels(direction, served_by, model).inc(count)
         self.token_totals[(direction, served_by)] += count
 
     def count_answer(
-        self, api: str, decision: tuple[str, str, str], status: str, latency_s: float, at: float
+        self,
+        api: str,
+        decision: tuple[str, str, str, str],
+        status: str,
+        latency_s: float,
+        at: float,
     ) -> None:
-        route, cache, served_by = decision
-        self.requests.labels(api, route, cache, served_by, status).inc()
+        route, cache, served_by, model = decision
+        self.requests.labels(api, route, cache, served_by, status, model).inc()
         self.latency.labels(route, served_by).observe(latency_s)
         self.answer_totals[(route, served_by, cache)] += 1
         if status == "200":
@@ -315,8 +323,9 @@ class RouterMetrics:
     def watch_fleet(self, status: Callable[[], Mapping[str, Any] | None]) -> None:
         self.registry.register(_FleetCollector(status))
 
-    def watch_pool(self, pool: UpstreamPool) -> None:
-        self._pools.append(pool)
+    def watch_pools(self, pools: Callable[[], Iterable[UpstreamPool]]) -> None:
+        """Pools whose endpoints the metrics report (a callable: pools change on reload)."""
+        self._pools.append(pools)
 
     def observe_attempt(self, pool: str, endpoint: str, outcome: str) -> None:
         self.attempts.labels(pool, endpoint, outcome).inc()

@@ -19,7 +19,11 @@ from router.metrics import RouterMetrics
 
 METRICS = web.AppKey("metrics", RouterMetrics)
 access = logging.getLogger("hotcold.access")  # one line per inference answer
-_INFERENCE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+_INFERENCE_PATHS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/embeddings": "embeddings",
+}
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Answers the router gives itself (bad input, no upstream) before or instead of routing.
 ROUTER_ANSWER = Decision(route="cold", cache="bypass", served_by="router")
@@ -71,22 +75,24 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
             finished = time.perf_counter()
             request.app[METRICS].count_answer(
                 api,
-                (decision.route, decision.cache, decision.served_by),
+                (decision.route, decision.cache, decision.served_by, decision.model),
                 status,
                 finished - started,
                 finished,
             )
             access.info(
-                "%s %s %s %s/%s/%s %.1f ms",
+                "%s %s %s %s %s/%s/%s %.1f ms",
                 request.method,
                 request.path,
                 status,
+                decision.model,
                 decision.route,
                 decision.cache,
                 decision.served_by,
                 (finished - started) * 1000,
                 extra={
                     "api": api,
+                    "model": decision.model,
                     "route": decision.route,
                     "cache": decision.cache,
                     "served_by": decision.served_by,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,9 +88,13 @@ def pin_rules(values: PolicyValues) -> tuple[PinRule, ...]:
     )
 
 
+# Sections a reload applies in full (the model catalog and its pools: router/models.py).
+LIVE_SECTIONS = frozenset({("models",), ("pools",), ("cloud",)})
+
+
 def _restart_only_changes(old: RouterConfig, new: RouterConfig) -> list[str]:
-    """Dotted keys that differ outside the live policy (they need a restart)."""
-    live = set(CONFIG_PATHS.values()) | {("policy", "threshold", "initial")}
+    """Dotted keys that differ outside the live policy and live sections (need a restart)."""
+    live = set(CONFIG_PATHS.values()) | {("policy", "threshold", "initial")} | LIVE_SECTIONS
 
     def flatten(
         tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
@@ -128,7 +132,11 @@ class PolicyManager:
         config: RouterConfig,
         classifier: Classifier,
         clock: Clock,
+        on_reload: Callable[[RouterConfig], None] | None = None,
     ) -> None:
+        """``on_reload`` applies a reloaded config's live sections (the catalog and its
+        pools); it raises ConfigError, changing nothing, when it cannot."""
+        self.on_reload = on_reload
         self.layers = layers
         self.config = config  # the running start-up configuration
         self.classifier = classifier
@@ -210,6 +218,8 @@ class PolicyManager:
             config = layers.build()
             base = values_from_config(config)
             values = effective_values(base, self.document.changes)
+            if self.on_reload is not None:
+                self.on_reload(config)
         except (ConfigError, PolicyError) as exc:
             self.reloads["failed"] += 1
             log.error("config reload failed, keeping the last good policy: %s", exc)

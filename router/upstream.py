@@ -9,7 +9,9 @@ best signal of a GPU server's queue we have without asking it.
 
 Ejection: a circuit breaker per endpoint (:mod:`router.breaker`) counts transport errors, 5xx
 and timeouts. An ejected endpoint is probed back in by a background task that sends
-``GET /healthz`` once its open period has passed (half-open); it is only ever probed while
+``GET <health_path>`` once its open period has passed (half-open: ``/healthz`` by default,
+``/health`` for vLLM and its router, ``/v1/models`` for hosted APIs that have neither, with
+the endpoint's credentials); it is only ever probed while
 ejected, and ``/readyz`` probes members that have been quiet for ``stale_after_s``: health
 checking is passive first and lazy (redis-py's health-check habit).
 
@@ -66,9 +68,12 @@ class StreamBroken(Exception):
 class Endpoint:
     """One upstream server and what we know of its health and load."""
 
-    def __init__(self, url: str, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, url: str, breaker: CircuitBreaker, headers: dict[str, str] | None = None
+    ) -> None:
         self.url = url
         self.breaker = breaker
+        self.headers = headers or {"Content-Type": "application/json"}  # credentials included
         self.outstanding = 0
         self.latency_ewma_s: float | None = None
         self.busy_until = 0.0
@@ -141,7 +146,7 @@ class UpstreamStream:
                 raise StreamBroken(f"upstream sent nothing for {idle_timeout_s}s") from exc
             except aiohttp.ClientError as exc:
                 self._finish(f"stream broke: {exc!r}")
-                raise StreamBroken(f"upstream connection broke mid-stream: {exc}") from exc
+                raise StreamBroken("upstream connection broke mid-stream") from exc
             if not chunk:
                 self._finish(None)
                 return
@@ -184,7 +189,10 @@ class UpstreamPool:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         observer: AttemptObserver | None = None,
+        api_keys: dict[str, str] | None = None,
     ) -> None:
+        """``api_keys``: each endpoint's key (router/pools.py resolves them from the config's
+        environment variables and files); ``config.api_key`` is the literal fallback."""
         self.name = name
         self.config = config
         self._session = session
@@ -195,10 +203,12 @@ class UpstreamPool:
         params = BreakerParams(
             config.breaker.failure_threshold, config.breaker.open_s, config.breaker.max_open_s
         )
-        self.endpoints = [Endpoint(url, CircuitBreaker(params, clock)) for url in config.endpoints]
-        self._headers = {"Content-Type": "application/json"}
-        if config.api_key:
-            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        keys = api_keys or {}
+        literal = config.api_key.get_secret_value() if config.api_key is not None else None
+        self.endpoints = [
+            Endpoint(url, CircuitBreaker(params, clock), _headers(keys.get(url) or literal))
+            for url in config.endpoints
+        ]
         self._probing: set[str] = set()
 
     # ---- selection -------------------------------------------------------------------
@@ -290,8 +300,10 @@ class UpstreamPool:
                 f"every {self.name} endpoint is ejected or busy",
                 retry_after_s=self.seconds_until_available() or 1.0,
             )
+        # The client learns how it ended, never where: endpoint addresses stay in the log.
+        log.warning("%s pool gave up after %d attempt(s); last: %s", self.name, attempt, last_error)
         raise UpstreamFailed(
-            f"the {self.name} pool could not answer after {attempt} attempt(s); last: {last_error}",
+            f"the {self.name} pool could not answer after {attempt} attempt(s)",
             retry_after_s=self.seconds_until_available() or 1.0,
         )
 
@@ -316,7 +328,7 @@ class UpstreamPool:
                 response = await self._session.post(
                     endpoint.url + path,
                     data=body,
-                    headers={**self._headers, **(headers or {})},
+                    headers={**endpoint.headers, **(headers or {})},
                     timeout=aiohttp.ClientTimeout(
                         total=None, sock_connect=self.config.connect_timeout_s
                     ),
@@ -393,7 +405,8 @@ class UpstreamPool:
         endpoint.breaker.on_attempt()
         try:
             async with self._session.get(
-                endpoint.url + "/healthz",
+                endpoint.url + self.config.health_path,
+                headers=endpoint.headers,
                 timeout=aiohttp.ClientTimeout(total=self.config.health.probe_timeout_s),
             ) as response:
                 await response.read()
@@ -443,6 +456,13 @@ class UpstreamPool:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [endpoint.snapshot() for endpoint in self.endpoints]
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 def _queue_ms(response: aiohttp.ClientResponse) -> float | None:

@@ -305,11 +305,15 @@ async def test_metrics_and_readiness(stub: StubFactory, router: RouterFactory) -
     await wait_for(not_ready, 10, message="/readyz to report the pool down")
 
 
-@pytest.mark.parametrize("path", ["/v1/models"])
-async def test_models_lists_the_pool(path: str, stub: StubFactory, router: RouterFactory) -> None:
-    front = await router(
-        [(await stub(model_name="gpu-a")).url, (await stub(model_name="gpu-b")).url]
-    )
-    async with aiohttp.ClientSession() as session, session.get(front.url + path) as response:
-        ids = {item["id"] for item in (await response.json())["data"]}
-    assert ids == {"gpu-a", "gpu-b"}
+async def test_the_single_pool_flags_are_a_one_model_catalog(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    """Without a catalog, the pool is one model, ``default``, that answers any name as sent."""
+    front = await router([(await stub(model_name="gpu-a")).url])
+    async with aiohttp.ClientSession() as session:
+        async with session.get(front.url + "/v1/models") as response:
+            assert [item["id"] for item in (await response.json())["data"]] == ["default"]
+        body = {"model": "whatever-7b", "messages": [{"role": "user", "content": "hi"}]}
+        async with session.post(front.url + "/v1/chat/completions", json=body) as response:
+            assert response.status == 200
+            assert (await response.json())["model"] == "whatever-7b"

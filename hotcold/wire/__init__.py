@@ -16,6 +16,8 @@ from hotcold.wire.errors import (
     BadRequest,
     Conflict,
     InvalidField,
+    InvalidSetting,
+    ModelNotFound,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -29,9 +31,11 @@ from hotcold.wire.errors import (
 from hotcold.wire.schema import (
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
     InferenceRequest,
     parse_chat_request,
     parse_completion_request,
+    parse_embedding_request,
 )
 from hotcold.wire.sse import SSE_DONE, iter_sse_events, sse_event
 
@@ -44,8 +48,11 @@ __all__ = [
     "ChatCompletionRequest",
     "CompletionRequest",
     "Conflict",
+    "EmbeddingRequest",
     "InferenceRequest",
     "InvalidField",
+    "InvalidSetting",
+    "ModelNotFound",
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
@@ -60,6 +67,7 @@ __all__ = [
     "iter_sse_events",
     "parse_chat_request",
     "parse_completion_request",
+    "parse_embedding_request",
     "sse_event",
     "wants_msgpack",
 ]

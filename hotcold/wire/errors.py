@@ -7,9 +7,13 @@ gets ``{"error": {"message", "type", "code"}}`` with a meaningful status and nev
     ├── BadRequest            400 invalid_request_error   malformed body
     ├── Unauthorized          401 authentication_error
     ├── NotFound              404 not_found_error
+    │   └── ModelNotFound     404 invalid_request_error   model_not_found (OpenAI's shape)
     ├── PayloadTooLarge       413 invalid_request_error   body over the size limit
     ├── UnsupportedMediaType  415 invalid_request_error   neither JSON nor msgpack
-    ├── InvalidField          422 invalid_request_error   a field has a wrong type or value
+    ├── InvalidField          400 invalid_request_error   a field has a wrong type or value
+    │                                                      (OpenAI's status: the SDKs raise
+    │                                                      BadRequestError and name ``param``)
+    ├── InvalidSetting        422 invalid_request_error   an admin API setting is refused
     ├── RateLimited           429 rate_limit_error        carries Retry-After
     ├── ServiceUnavailable    503 service_unavailable     no upstream could answer; Retry-After
     └── UpstreamTimeout       504 timeout_error           the request's deadline passed
@@ -76,6 +80,11 @@ class NotFound(ApiError):
     default_code = "not_found"
 
 
+class ModelNotFound(NotFound):
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
 class RequestTimeout(ApiError):
     status = 408
     error_type = "invalid_request_error"
@@ -101,9 +110,17 @@ class UnsupportedMediaType(ApiError):
 
 
 class InvalidField(ApiError):
-    status = 422
+    status = 400
     error_type = "invalid_request_error"
     default_code = "invalid_field"
+
+
+class InvalidSetting(ApiError):
+    """The admin API's refusal of a well-formed document whose settings do not validate."""
+
+    status = 422
+    error_type = "invalid_request_error"
+    default_code = "invalid_setting"
 
 
 class RateLimited(ApiError):

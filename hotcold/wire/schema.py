@@ -1,13 +1,15 @@
-"""Validation of OpenAI chat and text completion requests.
+"""Validation of OpenAI chat, text completion and embedding requests.
 
-Strict by design: a wrong type is an error (``"max_tokens": "10"`` is refused, not coerced)
-and an unknown top-level field is refused by name, because a typo such as ``max_token`` would
-otherwise be silently ignored and change what the client gets. Fields of the OpenAI API that
-we do not act on are still accepted, so SDKs work unchanged, and so are the common sampling
-extensions of open-model servers (``top_k``, ``min_p``, ``repetition_penalty``).
+Strict about what it understands: a wrong type is an error (``"max_tokens": "10"`` is refused,
+not coerced) and the answer names the field (400 ``invalid_request_error`` with ``param``, so
+the SDKs raise ``BadRequestError``). Open about the rest: fields the router does not need to
+understand (``tools``, ``response_format``, ``prompt_cache_key``, vLLM's ``guided_json`` or
+``chat_template_kwargs``, whatever the next API release adds) are kept and forwarded verbatim,
+since a gateway that refuses them breaks clients on every release; every such field is part
+of the cache key (router/keys.py), so two requests that differ in one never share an answer.
 
-Messages are lenient about extra keys (``tool_calls``, ``name``, ``refusal`` ...) since their
-shape grows with every API release and they are forwarded verbatim.
+Messages are lenient about extra keys (``tool_calls``, ``name``, ``refusal`` ...) for the same
+reason. ``model`` may be left out when the router's catalog names a default model.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from hotcold.wire.errors import InvalidField
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
 MAX_MODEL_NAME = 256
+MAX_CHOICES = 128  # OpenAI's bound on ``n``
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on the inputs of one embeddings request
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    """Known fields are typed strictly; unknown ones are kept (``model_extra``) and forwarded."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
 
 
 class StreamOptions(_Strict):
@@ -72,11 +78,11 @@ class ChatMessage(BaseModel):
 class _Sampling(_Strict):
     """Fields shared by chat and text completions."""
 
-    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
+    model: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL_NAME)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -88,6 +94,8 @@ class _Sampling(_Strict):
     metadata: dict[str, Any] | None = None
     store: bool | None = None
     service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
     # Common extensions of open-model servers (vLLM, TGI, llama.cpp).
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0, le=1)
@@ -116,6 +124,9 @@ class _Sampling(_Strict):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def choices(self) -> int:
+        return self.n or 1
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -127,6 +138,7 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
     modalities: list[str] | None = None
 
     def output_limit(self) -> int | None:
@@ -139,7 +151,7 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int]
     echo: bool | None = None
     suffix: str | None = None
-    best_of: int | None = Field(default=None, ge=1, le=1)
+    best_of: int | None = Field(default=None, ge=1, le=20)
     logprobs: int | None = Field(default=None, ge=0, le=5)
 
     @field_validator("prompt")
@@ -163,17 +175,74 @@ class CompletionRequest(_Sampling):
         return " ".join(str(token) for token in self.prompt)
 
 
+class EmbeddingRequest(_Strict):
+    """``POST /v1/embeddings``: deterministic by nature, so every answer is cacheable."""
+
+    model: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL_NAME)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _bounded_input(
+        cls, value: str | list[str] | list[int] | list[list[int]]
+    ) -> str | list[str] | list[int] | list[list[int]]:
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("input must not be an empty string")
+            return value
+        if not value:
+            raise ValueError("input must not be an empty list")
+        if len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+        for item in value:
+            if isinstance(item, str | list) and not item:
+                raise ValueError("an input must not be empty")
+        return value
+
+    @property
+    def stream(self) -> bool:
+        return False
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def include_usage(self) -> bool:
+        return False
+
+    def output_limit(self) -> int | None:
+        return None
+
+    def choices(self) -> int:
+        return 1
+
+    def prompt_text(self) -> str:
+        if isinstance(self.input, str):
+            return self.input
+        return "\n".join(item if isinstance(item, str) else str(item) for item in self.input)
+
+
+Kind = Literal["chat", "completion", "embeddings"]
+PATHS: dict[str, str] = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class InferenceRequest:
     """A validated request together with the client's document, which is forwarded as is."""
 
-    kind: Literal["chat", "completion"]
-    params: ChatCompletionRequest | CompletionRequest
+    kind: Kind
+    params: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
     body: dict[str, Any]
 
     @property
     def path(self) -> str:
-        return "/v1/chat/completions" if self.kind == "chat" else "/v1/completions"
+        return PATHS[self.kind]
 
     @property
     def stream(self) -> bool:
@@ -218,3 +287,12 @@ def parse_completion_request(document: dict[str, Any]) -> InferenceRequest:
         _raise_invalid(exc)
         raise
     return InferenceRequest("completion", params, document)
+
+
+def parse_embedding_request(document: dict[str, Any]) -> InferenceRequest:
+    try:
+        params = EmbeddingRequest.model_validate(document)
+    except ValidationError as exc:
+        _raise_invalid(exc)
+        raise
+    return InferenceRequest("embeddings", params, document)
