@@ -44,6 +44,7 @@ def create_app(config: StubConfig) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/health", healthz)  # the vLLM convention (vllm-router waits for it)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/faults", get_faults)
     app.router.add_post("/admin/faults", set_faults)

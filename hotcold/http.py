@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hotcold.wire.codec import decode_body, encode_body, wants_msgpack
+from hotcold.wire.codec import accepts_only_msgpack, decode_body, encode_body, wants_msgpack
 from hotcold.wire.errors import (
     ApiError,
     BadRequest,
@@ -58,9 +58,16 @@ def respond(
 
 
 def error_response(request: web.Request, exc: ApiError) -> web.Response:
-    # Errors are always JSON: the DESIGN contract says so, and every client can read it.
-    body, content_type = encode_body(exc.body(), as_msgpack=False)
-    response = web.Response(body=body, status=exc.status, headers=exc.headers())
+    return _error(request, exc.body(), exc.status, exc.headers())
+
+
+def _error(
+    request: web.Request, document: dict[str, Any], status: int, headers: dict[str, str]
+) -> web.Response:
+    """Errors are JSON (every client reads it), msgpack for a client that reads only that."""
+    as_msgpack = accepts_only_msgpack(request.headers.get("Accept"))
+    body, content_type = encode_body(document, as_msgpack=as_msgpack)
+    response = web.Response(body=body, status=status, headers=headers)
     response.content_type = content_type
     return response
 
@@ -101,18 +108,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"no route for {request.method} {request.path}"
         elif exc.status == 413:
             message = "request body is over the size limit"
-        response = web.json_response(error_body(message, kind, code), status=exc.status)
-        for header in ("Allow", "Retry-After"):
-            if header in exc.headers:
-                response.headers[header] = exc.headers[header]
-        return response
+        kept = {h: exc.headers[h] for h in ("Allow", "Retry-After") if h in exc.headers}
+        return _error(request, error_body(message, kind, code), exc.status, kept)
     except (ConnectionResetError, OSError) as exc:
         # The client went away while we were writing: nothing left to answer.
         log.debug("client connection lost on %s: %s", request.path, exc)
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response(
-            error_body("internal error; it has been logged", "server_error", "internal_error"),
-            status=500,
+        document = error_body(
+            "internal error; it has been logged", "server_error", "internal_error"
         )
+        return _error(request, document, 500, {})

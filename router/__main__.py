@@ -11,8 +11,11 @@ from typing import Any
 from hotcold.logs import setup_logging
 from hotcold.serving import Server, serve_forever
 from router.app import create_app
+from router.catalog import Catalog
 from router.config import load_layers
 from router.errors import ConfigError
+from router.models import pool_configs
+from router.pools import pool_keys
 from router.redis_connect import describe
 
 
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layers = load_layers(args.config, overrides_from(args))
         config = layers.build()
+        for name, pool in pool_configs(config, Catalog.from_config(config)).items():
+            pool_keys(name, pool)  # a missing key variable or file stops start-up here
     except ConfigError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 2
@@ -85,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     if not config.logging.access_log:
         logging.getLogger("hotcold.access").setLevel(logging.WARNING)
     log = logging.getLogger("hotcold.router")
-    log.info("cloud pool: %s", ", ".join(config.cloud.endpoints) or "(none)")
+    catalog = Catalog.from_config(config)
+    for model in catalog.models:
+        log.info(
+            "model %s: pool %s%s",
+            model.name,
+            model.pool,
+            ", edge-eligible" if model.edge_allowed else "",
+        )
     if not config.tenants.api_keys:
         log.warning(
             "OPEN MODE: no API keys configured (tenants.api_keys): every client is served and"

@@ -343,6 +343,12 @@ class StreamCapture:
             return sse_event(chunk)
         return event
 
+    def ended(self) -> None:
+        """The upstream closed the stream cleanly: complete when every choice finished,
+        whether or not it sent ``[DONE]``."""
+        if self._choices and all(c.finish_reason for c in self._choices.values()):
+            self.done = True
+
     def _feed_choice(self, choice: Any) -> None:
         if not isinstance(choice, dict) or not choice.keys() <= _CHOICE_KEYS:
             self.faithful = False

@@ -358,6 +358,7 @@ class Dispatcher:
                     relayed = capture.feed(event)
                     if relayed is not None:
                         await response.write(relayed)
+                capture.ended()  # some servers (transformers serve) end without [DONE]
             except StreamBroken as exc:
                 log.warning("stream from %s broke: %s", upstream.endpoint, exc)
                 capture.broken = True

@@ -95,6 +95,15 @@ def wants_msgpack(accept: str | None) -> bool:
     return any(media_type(part) in _MSGPACK_ALIASES for part in accept.split(","))
 
 
+def accepts_only_msgpack(accept: str | None) -> bool:
+    """True when msgpack is the only thing the client reads (no JSON, no wildcard): errors
+    are JSON for everyone else, since every client can read that."""
+    if not wants_msgpack(accept):
+        return False
+    readable = {media_type(part) for part in (accept or "").split(",")}
+    return not readable & {JSON_TYPE, "*/*", "application/*"}
+
+
 def encode_body(document: Any, as_msgpack: bool) -> tuple[bytes, str]:
     """Encode a response document; returns (body, content type)."""
     if as_msgpack:
