@@ -77,3 +77,14 @@ def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("server: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad, environ={})
+
+
+def test_the_catalog_example_is_valid() -> None:
+    from router.catalog import Catalog
+
+    config = load_config(ROOT / "configs" / "catalog-example.yaml", environ={})
+    catalog = Catalog.from_config(config)
+    assert catalog.resolve("gpt-4o", "chat").entry.name == "chat-large"
+    assert catalog.resolve(None, "chat").entry.name == "chat-small"
+    assert catalog.resolve("embed", "embeddings").upstream_name == "BAAI/bge-m3"
+    assert [m.name for m in catalog.models if m.edge_allowed] == ["chat-small"]
