@@ -114,10 +114,8 @@ def _catalog(pool: dict[str, Any], *models: dict[str, Any]) -> dict[str, Any]:
 async def test_vllm_router_in_front_of_stubs_with_a_member_killed_and_restarted(
     peers: Callable[..., Peer],
 ) -> None:
-    stubs = [
-        await ServiceProcess("cloud_stub", free_port(), "--ttft-ms", "5", "--tpot-ms", "1").started()
-        for _ in range(2)
-    ]
+    fast = ("--ttft-ms", "5", "--tpot-ms", "1")
+    stubs = [await ServiceProcess("cloud_stub", free_port(), *fast).started() for _ in range(2)]
     try:
         workers = [stub.url for stub in stubs]
         ports = [free_port(), free_port()]
