@@ -8,7 +8,6 @@ import time
 import aiohttp
 import msgpack
 import openai
-import pytest
 
 from cloud_stub.handlers import STATE
 from tests.conftest import RouterFactory, StubFactory
