@@ -23,11 +23,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from bench.loadgen import percentile
+from bench.workload import question
 from hotcold.console import make_console
-from hotcold.loadgen import percentile
 from hotcold.procs import ServiceProcess
 from hotcold.serving import free_port
-from hotcold.workload import question
 
 LEVELS = (1, 4, 16, 64)
 

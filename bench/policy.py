@@ -179,8 +179,8 @@ async def http_check(workload: Workload, size: float, limit: int) -> tuple[float
     the capacity loop is frozen so both runs classify on the same threshold."""
     import orjson
 
+    from bench.loadgen import Job, run_load
     from bench.services import instant_stub_and_router
-    from hotcold.loadgen import Job, run_load
     from hotcold.wire import parse_chat_request
     from router.keys import request_key
 

@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from bench.loadgen import Job, LoadResult, percentile, run_load
 from bench.services import instant_stub_and_router
 from hotcold.console import make_console
-from hotcold.loadgen import Job, LoadResult, percentile, run_load
 
 CONCURRENCIES = (1, 16, 64, 256)
 

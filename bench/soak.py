@@ -40,13 +40,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from bench.loadgen import Job, percentile, run_load
 from bench.services import LOGS
+from bench.workload import iot_workload
 from hotcold.console import make_console
-from hotcold.loadgen import Job, percentile, run_load
 from hotcold.procs import ServiceProcess
 from hotcold.redis_process import RedisProcess
 from hotcold.serving import free_port
-from hotcold.workload import iot_workload
 
 SCHEDULE = ((0.25, "kill", "stub"), (0.40, "start", "stub"), (0.60, "kill", "redis"),
             (0.65, "start", "redis"))  # fmt: skip

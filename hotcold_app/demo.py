@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hotcold.loadgen import Job, LoadResult, Sample, percentile, run_load
-from hotcold.stack import Stack, StackOptions
-from hotcold.workload import iot_workload
+from bench.loadgen import Job, LoadResult, Sample, percentile, run_load
+from bench.workload import iot_workload
+from hotcold_app.stack import Stack, StackOptions
 
 
 async def run_demo(

@@ -7,16 +7,42 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hotcold.console import make_console
-from hotcold.stack import ROUTER_PORT, Stack, StackOptions, edge_available, prepare_model
+from hotcold_app.stack import ROUTER_PORT, Stack, StackOptions, edge_available, prepare_model
 
-BENCHMARKS = {
-    "proxy": "bench.proxy",
-    "policy": "bench.policy",
-    "node": "bench.node",
-    "soak": "bench.soak",
+
+def _bench_proxy(argv: list[str]) -> int:
+    from bench import proxy  # imported when asked: each bench pulls in its own references
+
+    return proxy.main(argv)
+
+
+def _bench_policy(argv: list[str]) -> int:
+    from bench import policy
+
+    return policy.main(argv)
+
+
+def _bench_node(argv: list[str]) -> int:
+    from bench import node
+
+    return node.main(argv)
+
+
+def _bench_soak(argv: list[str]) -> int:
+    from bench import soak
+
+    return soak.main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
+    "proxy": _bench_proxy,
+    "policy": _bench_policy,
+    "node": _bench_node,
+    "soak": _bench_soak,
 }
 
 
@@ -57,7 +83,7 @@ async def _up(options: StackOptions) -> None:
     try:
         with console.status("starting..."):
             await stack.start()
-        from hotcold.demo import _show_services
+        from hotcold_app.demo import _show_services
 
         _show_services(console, stack)
         assert stack.router is not None
@@ -123,15 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_up(_stack_options(args)))
         return 0
     if args.command == "demo":
-        from hotcold import demo as demo_module
+        from hotcold_app import demo as demo_module
 
         return demo_module.main(
             make_console(), args.requests, args.concurrency, _stack_options(args), args.stay
         )
     if args.command == "key":
         return _new_key(args.tenant, args.name)
-    module = __import__(BENCHMARKS[args.name], fromlist=["main"])
-    return int(module.main(args.rest))
+    return BENCHMARKS[args.name](args.rest)
 
 
 if __name__ == "__main__":
