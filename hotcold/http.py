@@ -74,18 +74,18 @@ def _error(
 
 async def read_document(request: web.Request) -> dict[str, Any]:
     """Read and decode the body, refusing an oversized one before reading it when we can."""
-    limit = request.app[MAX_BODY_BYTES]
+    limit = request.config_dict[MAX_BODY_BYTES]  # sub-applications read the root's
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
     try:
-        async with asyncio.timeout(request.app.get(BODY_TIMEOUT_S)):
+        async with asyncio.timeout(request.config_dict.get(BODY_TIMEOUT_S)):
             raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes") from exc
     except TimeoutError:
         raise RequestTimeout(
-            f"the request body did not arrive within {request.app[BODY_TIMEOUT_S]:g} s"
+            f"the request body did not arrive within {request.config_dict[BODY_TIMEOUT_S]:g} s"
         ) from None
     if not raw:
         raise BadRequest("the request has no body", code="empty_body")

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import hmac
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from hotcold.http import read_document, respond
+from hotcold.http import Handler, read_document, respond
 from hotcold.wire import (
     BadRequest,
     Conflict,
@@ -34,67 +33,18 @@ from hotcold.wire import (
     ServiceUnavailable,
     Unauthorized,
 )
-from router.app_keys import CLOCK_KEY
-from router.cache import ResponseCache
-from router.classify import Classifier
-from router.config import RouterConfig
-from router.dispatch import Dispatcher
-from router.fleet import FleetSync
+from router.parts import RouterParts, parts_of
 from router.policy import PolicyError
-from router.policy_manager import PolicyManager, StoreUnavailable, VersionConflict
-from router.sketch import FrequencySketch
+from router.policy_manager import StoreUnavailable, VersionConflict
 from router.tenants import bearer_token
-from router.threshold import ThresholdController
-from router.upstream import UpstreamPool
 
-
-@dataclass
-class PolicyState:
-    """The live hot/cold machinery, for the admin API and the metrics collector."""
-
-    config: RouterConfig
-    classifier: Classifier
-    cache: ResponseCache
-    dispatcher: Dispatcher
-    edge: UpstreamPool | None
-    manager: PolicyManager
-
-    @property
-    def controller(self) -> ThresholdController:
-        return self.classifier.controller
-
-    @property
-    def sketch(self) -> FrequencySketch:
-        return self.classifier.sketch
-
-    @property
-    def coalesced(self) -> int:
-        return self.dispatcher.flights.coalesced
-
-    @property
-    def policy_version(self) -> int:
-        return self.manager.document.version
-
-    @property
-    def reloads(self) -> dict[str, int]:
-        return self.manager.reloads
-
-
-POLICY_STATE = web.AppKey("policy_state", PolicyState)
-FLEET = web.AppKey("fleet", object)  # FleetSync | None; read through fleet_of()
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
 
 
-def fleet_of(app: web.Application) -> FleetSync | None:
-    fleet = app.get(FLEET)
-    return fleet if isinstance(fleet, FleetSync) else None
-
-
-def fleet_status(app: web.Application) -> dict[str, Any]:
-    fleet = fleet_of(app)
-    if fleet is None:
+def fleet_status(parts: RouterParts) -> dict[str, Any]:
+    if parts.fleet is None:
         return {"configured": False, "state": "standalone"}
-    return fleet.status()
+    return parts.fleet.status()
 
 
 def require_admin(request: web.Request, token: str | None) -> None:
@@ -111,8 +61,8 @@ def _etag(version: int) -> dict[str, str]:
 
 
 def policy_document(request: web.Request) -> dict[str, Any]:
-    state = request.app[POLICY_STATE]
-    state.controller.maybe_tick(request.app[CLOCK_KEY].now())
+    state = parts_of(request)
+    state.controller.maybe_tick(state.clock.now())
     return {
         "policy": state.manager.describe(),
         "threshold": state.controller.snapshot(),
@@ -129,14 +79,13 @@ def policy_document(request: web.Request) -> dict[str, Any]:
             "max_inflight": state.config.edge.max_inflight,
             "takes_hot_traffic": state.dispatcher.edge_can_take(),
         },
-        "fleet": fleet_status(request.app),
+        "fleet": fleet_status(state),
         "mode": "open (no admin token configured)" if state.config.admin.token is None else "token",
     }
 
 
 async def get_policy(request: web.Request) -> web.Response:
-    state = request.app[POLICY_STATE]
-    require_admin(request, state.config.admin.token)
+    state = parts_of(request)
     return respond(request, policy_document(request), headers=_etag(state.manager.document.version))
 
 
@@ -154,8 +103,7 @@ def _expected_version(request: web.Request, body: dict[str, Any]) -> int | None:
 
 
 async def put_policy(request: web.Request) -> web.Response:
-    state = request.app[POLICY_STATE]
-    require_admin(request, state.config.admin.token)
+    state = parts_of(request)
     body = await read_document(request)
     unknown = set(body) - {"changes", "by", "reason", "expected_version"}
     if unknown:
@@ -166,7 +114,7 @@ async def put_policy(request: web.Request) -> web.Response:
     if not isinstance(changes, dict) or not changes:
         raise InvalidSetting("'changes' must be a non-empty object of settings", param="changes")
     if by is None:
-        fleet = fleet_of(request.app)
+        fleet = state.fleet
         by = f"admin api on {fleet.router_id if fleet else 'this router'}"
     if not isinstance(by, str) or not 0 < len(by) <= 200:
         raise InvalidSetting("'by' must be a string of 1-200 characters", param="by")
@@ -189,14 +137,12 @@ async def put_policy(request: web.Request) -> web.Response:
 
 
 async def get_fleet(request: web.Request) -> web.Response:
-    require_admin(request, request.app[POLICY_STATE].config.admin.token)
-    return respond(request, fleet_status(request.app))
+    return respond(request, fleet_status(parts_of(request)))
 
 
 async def memory(request: web.Request) -> web.Response:
     """Where the router's Python memory is, for hunting growth: the largest allocation sites
     when the router runs with ``PYTHONTRACEMALLOC=1`` (tracing costs CPU: not for every day)."""
-    require_admin(request, request.app[POLICY_STATE].config.admin.token)
     import tracemalloc
 
     if not tracemalloc.is_tracing():
@@ -221,8 +167,7 @@ async def memory(request: web.Request) -> web.Response:
 
 
 async def reload_config(request: web.Request) -> web.Response:
-    state = request.app[POLICY_STATE]
-    require_admin(request, state.config.admin.token)
+    state = parts_of(request)
     result = state.manager.reload_file()
     document = {
         "reloaded": result.ok,
@@ -231,3 +176,21 @@ async def reload_config(request: web.Request) -> web.Response:
         "policy": state.manager.describe(),
     }
     return respond(request, document, status=200 if result.ok else 422)
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One check for every admin route: the admin bearer token (open mode without one)."""
+    require_admin(request, parts_of(request).config.admin.token)
+    return await handler(request)
+
+
+def admin_app() -> web.Application:
+    """The admin API, mounted under ``/admin`` behind :func:`admin_auth`."""
+    admin = web.Application(middlewares=[admin_auth])
+    admin.router.add_get("/policy", get_policy)
+    admin.router.add_put("/policy", put_policy)
+    admin.router.add_get("/fleet", get_fleet)
+    admin.router.add_post("/reload", reload_config)
+    admin.router.add_get("/memory", memory)
+    return admin

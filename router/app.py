@@ -1,7 +1,10 @@
-"""Composition root: ``create_app(config)`` wires every part of the router.
+"""Composition root: ``create_app(config)`` wires every part of the router, once.
 
-Each resource has one paired lifecycle in ``app.cleanup_ctx`` (aiohttp runs them in order on
-start-up and in reverse on shutdown, and only for those that started).
+The parts are built in one place (:func:`build_parts`), frozen into
+:class:`router.parts.RouterParts` and held under one application key; each resource has one
+paired lifecycle on an exit stack (the HTTP session, the pools' probers, the fleet's loops,
+the config watch, the dashboard's sampler), closed in reverse on shutdown. The admin API is a
+sub-application behind one authentication middleware.
 """
 
 from __future__ import annotations
@@ -10,36 +13,24 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from hotcold.http import BODY_TIMEOUT_S, MAX_BODY_BYTES, error_middleware
-from router.admin import (
-    FLEET,
-    POLICY_STATE,
-    PolicyState,
-    get_fleet,
-    get_policy,
-    memory,
-    put_policy,
-    reload_config,
-)
-from router.app_keys import CLOCK_KEY, CONFIG_KEY
+from router.admin import admin_app
 from router.cache import ResponseCache
 from router.classify import Classifier
 from router.clock import Clock, MonotonicClock
 from router.config import ConfigLayers, RouterConfig
 from router.config_watch import watch_config
 from router.cost import CostEstimate, estimate_cost
-from router.dashboard import DASHBOARD, DashboardRecorder, dashboard_data, dashboard_page, favicon
+from router.dashboard import DashboardRecorder, dashboard_data, dashboard_page, favicon
 from router.dispatch import Dispatcher
 from router.fleet import FleetSync
 from router.handlers import (
-    DISPATCHER,
-    EDGE,
-    SESSION,
     chat_completions,
     completions,
     embeddings,
@@ -50,28 +41,24 @@ from router.handlers import (
     readyz,
 )
 from router.metrics import RouterMetrics
-from router.middlewares import IN_FLIGHT, METRICS, context_middleware, shedding_middleware
+from router.middlewares import context_middleware, shedding_middleware
 from router.models import ModelRoutes
 from router.openapi import openapi_json
+from router.parts import PARTS, RouterParts
 from router.policy import effective_values, values_from_config
 from router.policy_manager import PolicyManager, pin_rules, threshold_params
 from router.pools import Pools
-from router.sketch import FrequencySketch, ceil_power_of_two
+from router.sketch import FrequencySketch, width_for
 from router.tenants import Authenticator, TenantLimiter
 from router.threshold import ThresholdController
 from router.upstream import UpstreamPool
-
-CONFIG = CONFIG_KEY
-CLOCK = CLOCK_KEY
-LAYERS = web.AppKey("config_layers", ConfigLayers)
-HANDLE_SIGNALS = web.AppKey("handle_signals", bool)
 
 
 def build_policy(config: RouterConfig, clock: Clock) -> tuple[Classifier, ResponseCache]:
     """The hot/cold machinery: one sketch shared by classification and cache admission."""
     entries = config.cache.entries
     sketch_config = config.policy.sketch
-    width = sketch_config.width or max(1024, 4 * ceil_power_of_two(entries))
+    width = sketch_config.width or width_for(entries, minimum=1024)
     sketch = FrequencySketch(
         width, sketch_config.window_factor * entries, doorkeeper=sketch_config.doorkeeper
     )
@@ -91,131 +78,133 @@ def build_policy(config: RouterConfig, clock: Clock) -> tuple[Classifier, Respon
     return Classifier(sketch, controller, pins), cache
 
 
-async def _upstreams(app: web.Application) -> AsyncIterator[None]:
-    """The HTTP client session (keep-alive pool), the model catalog with its pools and their
-    probers, the edge pool, the dispatcher."""
-    config = app[CONFIG]
-    connector = aiohttp.TCPConnector(
-        limit=config.cloud.max_connections,
-        limit_per_host=0,
-        keepalive_timeout=30.0,
-        ttl_dns_cache=10,
-    )
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-    metrics = app[METRICS]
-    pools = Pools(session, app[CLOCK], observer=metrics.observe_attempt)
-    try:
-        routes = ModelRoutes(pools, config)
-    except BaseException:
-        await session.close()
-        raise
-    metrics.watch_pools(lambda: pools)
-    edge = None
-    if config.edge.endpoints:
-        edge = UpstreamPool(
-            "edge", config.edge, session, app[CLOCK], observer=metrics.observe_attempt
-        )
-        metrics.watch_pools(lambda: [edge] if edge is not None else [])
-    classifier, cache = build_policy(config, app[CLOCK])
-    manager = PolicyManager(app[LAYERS], config, classifier, app[CLOCK], routes.apply)
-    limiter = TenantLimiter(config.tenants, config.edge.max_inflight)
-    dispatcher = Dispatcher(
-        config,
-        routes,
-        edge,
-        classifier,
-        cache,
-        metrics,
-        app[CLOCK],
-        manager,
-        limiter,
-        Authenticator(config.tenants),
-    )
-    state = PolicyState(config, classifier, cache, dispatcher, edge, manager)
-    metrics.watch_policy(lambda: state)
-    app[SESSION] = session
-    app[EDGE] = edge
-    app[DISPATCHER] = dispatcher
-    app[POLICY_STATE] = state
-    probers = [asyncio.create_task(edge.run_prober(), name="edge-prober")] if edge else []
-    try:
-        yield
-    finally:
-        for prober in probers:
-            prober.cancel()
-        for prober in probers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await prober
-        await pools.close()
-        await session.close()
+async def _task(
+    stack: contextlib.AsyncExitStack, coroutine: Coroutine[Any, Any, None], name: str
+) -> None:
+    """A background task cancelled and awaited when the stack closes."""
+    task = asyncio.create_task(coroutine, name=name)
 
-
-async def _dashboard(app: web.Application) -> AsyncIterator[None]:
-    """The cost estimate (metrics) and the dashboard's sampler."""
-    config = app[CONFIG]
-    metrics = app[METRICS]
-    started = time.monotonic()
-    has_edge = bool(config.edge.endpoints)
-
-    def cost() -> CostEstimate:
-        edge_hours = (time.monotonic() - started) / 3600 if has_edge else 0.0
-        return estimate_cost(config.cost, metrics.token_totals, edge_hours)
-
-    metrics.watch_cost(cost)
-    state = app[POLICY_STATE]
-    recorder = DashboardRecorder(
-        metrics,
-        lambda: {"threshold": round(state.controller.value, 3)},
-        cost,
-        config.dashboard.history_points,
-    )
-    app[DASHBOARD] = recorder
-    edge_url = config.edge.endpoints[0] if config.edge.endpoints else None
-    sampler = asyncio.create_task(
-        recorder.run(config.dashboard.sample_interval_s, app[SESSION], edge_url),
-        name="dashboard-sampler",
-    )
-    try:
-        yield
-    finally:
-        sampler.cancel()
+    async def stop() -> None:
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await sampler
+            await task
+
+    stack.push_async_callback(stop)
 
 
-async def _fleet(app: web.Application) -> AsyncIterator[None]:
-    """Fleet sync when Redis is configured; the config file watch and SIGHUP reload always."""
-    config = app[CONFIG]
-    state = app[POLICY_STATE]
-    fleet = None
-    if config.fleet.redis_url is not None:
-        fleet = FleetSync(config.fleet, state.manager, state.sketch)
-        state.manager.store = fleet
-        fleet.start()
-    app[FLEET] = fleet
-    app[METRICS].watch_fleet(lambda: fleet.status() if fleet is not None else None)
-    loop = asyncio.get_running_loop()
-    watcher = None
-    config_path = app[LAYERS].path
-    if config_path is not None:
-        if config.admin.watch_config_s > 0:
-            watcher = asyncio.create_task(
-                watch_config(config_path, config.admin.watch_config_s, state.manager),
-                name="config-watch",
+@contextlib.asynccontextmanager
+async def build_parts(
+    config: RouterConfig, layers: ConfigLayers, clock: Clock, handle_signals: bool
+) -> AsyncIterator[RouterParts]:
+    """Every part of the router, in dependency order, each closed in reverse on the way out."""
+    async with contextlib.AsyncExitStack() as stack:
+        connector = aiohttp.TCPConnector(
+            limit=config.cloud.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=30.0,
+            ttl_dns_cache=10,
+        )
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        stack.push_async_callback(session.close)
+        metrics = RouterMetrics()
+        pools = Pools(session, clock, observer=metrics.observe_attempt)
+        stack.push_async_callback(pools.close)
+        routes = ModelRoutes(pools, config)  # ConfigError: a pool's key cannot be read
+        metrics.watch_pools(lambda: pools)
+        edge = None
+        if config.edge.endpoints:
+            edge = UpstreamPool(
+                "edge", config.edge, session, clock, observer=metrics.observe_attempt
             )
-        if app[HANDLE_SIGNALS]:
-            loop.add_signal_handler(signal.SIGHUP, state.manager.reload_file)
-    try:
-        yield
-    finally:
-        if app[HANDLE_SIGNALS] and app[LAYERS].path is not None:
-            loop.remove_signal_handler(signal.SIGHUP)
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            metrics.watch_pools(lambda: [edge] if edge is not None else [])
+            await _task(stack, edge.run_prober(), "edge-prober")
+        classifier, cache = build_policy(config, clock)
+        fleet = None
+        if config.fleet.redis_url is not None:
+            fleet = FleetSync(config.fleet, classifier.sketch)
+        manager = PolicyManager(layers, config, classifier, clock, routes.apply, fleet)
+        limiter = TenantLimiter(config.tenants, config.edge.max_inflight)
+        dispatcher = Dispatcher(
+            config,
+            routes,
+            edge,
+            classifier,
+            cache,
+            metrics,
+            clock,
+            manager,
+            limiter,
+            Authenticator(config.tenants),
+        )
+        started = time.monotonic()
+
+        def cost() -> CostEstimate:
+            edge_hours = (time.monotonic() - started) / 3600 if edge is not None else 0.0
+            return estimate_cost(config.cost, metrics.token_totals, edge_hours)
+
+        recorder = DashboardRecorder(
+            metrics,
+            lambda: {"threshold": round(classifier.controller.value, 3)},
+            cost,
+            config.dashboard.history_points,
+        )
+        parts = RouterParts(
+            config=config,
+            layers=layers,
+            clock=clock,
+            metrics=metrics,
+            session=session,
+            routes=routes,
+            edge=edge,
+            classifier=classifier,
+            cache=cache,
+            manager=manager,
+            limiter=limiter,
+            dispatcher=dispatcher,
+            fleet=fleet,
+            dashboard=recorder,
+        )
+        metrics.watch_policy(lambda: parts)
+        metrics.watch_cost(cost)
+        metrics.watch_fleet(lambda: fleet.status() if fleet is not None else None)
         if fleet is not None:
-            await fleet.stop()
+            fleet.start(manager)
+            stack.push_async_callback(fleet.stop)
+        await _config_reload(stack, layers, config, manager, handle_signals)
+        edge_url = config.edge.endpoints[0] if config.edge.endpoints else None
+        sampler = recorder.run(config.dashboard.sample_interval_s, session, edge_url)
+        await _task(stack, sampler, "dashboard-sampler")
+        yield parts
+
+
+async def _config_reload(
+    stack: contextlib.AsyncExitStack,
+    layers: ConfigLayers,
+    config: RouterConfig,
+    manager: PolicyManager,
+    handle_signals: bool,
+) -> None:
+    """The config file watch and the SIGHUP reload (the main program only)."""
+    if layers.path is None:
+        return
+    if config.admin.watch_config_s > 0:
+        watcher = watch_config(layers.path, config.admin.watch_config_s, manager)
+        await _task(stack, watcher, "config-watch")
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, manager.reload_file)
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+
+
+def _parts_context(
+    config: RouterConfig, layers: ConfigLayers, clock: Clock, handle_signals: bool
+) -> Callable[[web.Application], Any]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        async with build_parts(config, layers, clock, handle_signals) as parts:
+            app[PARTS] = parts
+            yield
+
+    return context
 
 
 def create_app(
@@ -231,17 +220,13 @@ def create_app(
         middlewares=[context_middleware, error_middleware, shedding_middleware],
         client_max_size=config.server.max_body_bytes,
     )
-    app[CONFIG] = config
-    app[CLOCK] = clock or MonotonicClock()
-    app[METRICS] = RouterMetrics()
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
     app[BODY_TIMEOUT_S] = config.server.body_timeout_s
-    app[IN_FLIGHT] = [0]
-    app[LAYERS] = layers or ConfigLayers.of(config)
-    app[HANDLE_SIGNALS] = handle_signals
-    app.cleanup_ctx.append(_upstreams)
-    app.cleanup_ctx.append(_fleet)
-    app.cleanup_ctx.append(_dashboard)
+    app.cleanup_ctx.append(
+        _parts_context(
+            config, layers or ConfigLayers.of(config), clock or MonotonicClock(), handle_signals
+        )
+    )
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
@@ -250,11 +235,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/admin/policy", get_policy)
-    app.router.add_put("/admin/policy", put_policy)
-    app.router.add_get("/admin/fleet", get_fleet)
-    app.router.add_post("/admin/reload", reload_config)
-    app.router.add_get("/admin/memory", memory)
+    app.add_subapp("/admin", admin_app())
     app.router.add_get("/dashboard", dashboard_page)
     app.router.add_get("/dashboard/data", dashboard_data)
     app.router.add_get("/favicon.ico", favicon)

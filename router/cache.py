@@ -31,8 +31,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from router.config import EVICTION_POLICIES
 from router.eviction import ARC, S3FIFO, EvictionPolicy, WTinyLFU
-from router.sketch import FrequencySketch, ceil_power_of_two
+from router.sketch import FrequencySketch, ceil_power_of_two, width_for
 
 SHADOW_MIN_KEYS = 1024
 MAX_SAMPLE_RATE = 64
@@ -63,7 +64,7 @@ S3_PROMOTE_AT = {"s3-fifo": 1, "s3-fifo-2": 2}
 
 
 def make_sketch(capacity: int, memory: int, max_count: int = 15) -> FrequencySketch:
-    return FrequencySketch(4 * ceil_power_of_two(capacity), memory * capacity, max_count=max_count)
+    return FrequencySketch(width_for(capacity), memory * capacity, max_count=max_count)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def make_policy(name: str, capacity: int, sketches: Sketches, rng: random.Random
     raise ValueError(f"unknown eviction policy {name!r}")
 
 
-POLICY_NAMES = ("w-tinylfu", "w-tinylfu-long", "s3-fifo", "s3-fifo-2", "arc")
+POLICY_NAMES = EVICTION_POLICIES
 
 
 class Entry:

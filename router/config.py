@@ -188,18 +188,22 @@ class PolicyConfig(_Frozen):
     pins: tuple[PinConfig, ...] = ()
 
 
+# The cache's eviction policies (router/eviction.py), in the order the selector tries them.
+EVICTION_POLICIES = ("w-tinylfu", "w-tinylfu-long", "s3-fifo", "s3-fifo-2", "arc")
+
+
 class CacheConfig(_Frozen):
     entries: int = Field(default=10_000, ge=1)
     max_bytes: int = Field(default=64 * MiB, ge=1024)
     max_entry_bytes: int = Field(default=1 * MiB, ge=64)
     ttl_s: float = Field(default=3600.0, gt=0)
     min_frequency: int = Field(default=1, ge=1, le=16)
-    policies: tuple[str, ...] = ("w-tinylfu", "w-tinylfu-long", "s3-fifo", "s3-fifo-2", "arc")
+    policies: tuple[str, ...] = EVICTION_POLICIES
     initial_policy: str = "s3-fifo"
 
     @model_validator(mode="after")
     def _known_policies(self) -> CacheConfig:
-        known = {"w-tinylfu", "w-tinylfu-long", "s3-fifo", "s3-fifo-2", "arc"}
+        known = set(EVICTION_POLICIES)
         unknown = set(self.policies) - known
         if unknown or not self.policies:
             raise ValueError(f"policies must be a non-empty subset of {sorted(known)}")

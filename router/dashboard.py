@@ -22,10 +22,11 @@ import orjson
 from aiohttp import web
 
 from hotcold.http import respond
-from router.admin import POLICY_STATE, fleet_status, require_admin
+from router.admin import fleet_status, require_admin
 from router.cost import CostEstimate
-from router.handlers import DISPATCHER, pool_snapshot
+from router.handlers import pool_snapshot
 from router.metrics import RouterMetrics
+from router.parts import parts_of
 
 ADMIN_COOKIE = "hotcold_admin"
 WINDOW_S = 10.0  # latency percentiles over the last 10 s
@@ -110,13 +111,10 @@ async def _edge_health(session: aiohttp.ClientSession, url: str) -> dict[str, An
     return None
 
 
-DASHBOARD = web.AppKey("dashboard", DashboardRecorder)
-
-
 def _require_admin_or_cookie(request: web.Request) -> None:
     """The admin token as a bearer header, or as the cookie that ``/dashboard?token=`` sets
     (a browser cannot send a bearer header when it opens a page)."""
-    token = request.app[POLICY_STATE].config.admin.token
+    token = parts_of(request).config.admin.token
     cookie = request.cookies.get(ADMIN_COOKIE)
     if token is not None and cookie is not None and "Authorization" not in request.headers:
         request = request.clone(headers={**request.headers, "Authorization": f"Bearer {cookie}"})
@@ -151,8 +149,8 @@ async def favicon(request: web.Request) -> web.Response:
 
 async def dashboard_data(request: web.Request) -> web.Response:
     _require_admin_or_cookie(request)
-    recorder = request.app[DASHBOARD]
-    state = request.app[POLICY_STATE]
+    state = parts_of(request)
+    recorder = state.dashboard
     metrics = recorder.metrics
     cost = recorder.cost()
     answers: dict[str, dict[str, int]] = {}
@@ -179,7 +177,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
             "max_inflight": state.config.edge.max_inflight,
             "node": recorder.edge_node,
         },
-        "cloud": [e for pool in request.app[DISPATCHER].routes.pools for e in pool_snapshot(pool)],
+        "cloud": [e for pool in state.routes.pools for e in pool_snapshot(pool)],
         "cost": {
             "currency": state.config.cost.currency,
             "actual": round(cost.actual, 6),
@@ -187,7 +185,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
             "saved": round(cost.saved, 6),
             "saved_fraction": round(cost.saved_fraction, 4),
         },
-        "fleet": fleet_status(request.app),
+        "fleet": fleet_status(state),
         "policy_version": state.manager.document.version,
     }
     return respond(request, document, headers={"Cache-Control": "no-store"})

@@ -125,14 +125,15 @@ class FleetSync:
     def __init__(
         self,
         config: FleetConfig,
-        manager: PolicyManager,
         sketch: FrequencySketch,
         router_id: str | None = None,
     ) -> None:
+        """The policy manager that adopts the fleet's documents is given to :meth:`start`:
+        it is built with this object as its store, so one of the two comes second."""
         if config.redis_url is None:
             raise ValueError("FleetSync needs fleet.redis_url")
         self.config = config
-        self.manager = manager
+        self._manager: PolicyManager | None = None
         self.sketch = sketch
         self.router_id = router_id or config.router_id or default_router_id()
         self.url = describe(config.redis_url)
@@ -162,7 +163,14 @@ class FleetSync:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
+    @property
+    def manager(self) -> PolicyManager:
+        if self._manager is None:
+            raise RuntimeError("FleetSync.start(manager) has not been called")
+        return self._manager
+
+    def start(self, manager: PolicyManager) -> None:
+        self._manager = manager
         loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "subscribe": self._subscribe_loop,
             "poll": self._every(self.config.poll_interval_s, self.sync_policy),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -17,31 +16,26 @@ from hotcold.wire import (
     parse_embedding_request,
 )
 from router.admin import fleet_status
-from router.dispatch import Dispatcher
-from router.middlewares import METRICS
+from router.parts import parts_of
 from router.upstream import UpstreamPool
-
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-EDGE = web.AppKey("edge_pool", object)  # UpstreamPool | None; read through edge_pool()
-SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    dispatcher = request.app[DISPATCHER]
+    dispatcher = parts_of(request).dispatcher
     tenant = dispatcher.admit(request)  # 401 / 429 before the body is read
     inference = parse_chat_request(await read_document(request))
     return await dispatcher.serve(request, inference, tenant)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    dispatcher = request.app[DISPATCHER]
+    dispatcher = parts_of(request).dispatcher
     tenant = dispatcher.admit(request)
     inference = parse_completion_request(await read_document(request))
     return await dispatcher.serve(request, inference, tenant)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    dispatcher = request.app[DISPATCHER]
+    dispatcher = parts_of(request).dispatcher
     tenant = dispatcher.admit(request)
     inference = parse_embedding_request(await read_document(request))
     return await dispatcher.serve(request, inference, tenant)
@@ -49,13 +43,13 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     """The catalog: the public models clients may ask for (OpenAI's list shape)."""
-    return respond(request, request.app[DISPATCHER].routes.catalog.listing())
+    return respond(request, parts_of(request).dispatcher.routes.catalog.listing())
 
 
 async def model(request: web.Request) -> web.Response:
     """One model of the catalog, by its name or an alias; 404 ``model_not_found``."""
     name = request.match_info["model"]
-    resolved = request.app[DISPATCHER].routes.catalog.find(name)
+    resolved = parts_of(request).dispatcher.routes.catalog.find(name)
     if resolved is None:
         raise ModelNotFound(
             f"The model '{name}' does not exist or you do not have access to it.", param="model"
@@ -80,17 +74,12 @@ def pool_snapshot(pool: UpstreamPool) -> list[dict[str, Any]]:
     return [{**endpoint, "pool": pool.name} for endpoint in pool.snapshot()]
 
 
-def edge_pool(app: web.Application) -> UpstreamPool | None:
-    edge = app[EDGE]
-    return edge if isinstance(edge, UpstreamPool) else None
-
-
 async def readyz(request: web.Request) -> web.Response:
     """Ready when a cloud pool of the catalog can answer; each pool's state is reported (a
     pool that is down fails its models' requests with 503, not the whole router). The edge
     node's state is reported but does not decide: without it hot misses go to the cloud."""
-    pools = list(request.app[DISPATCHER].routes.pools)
-    edge = edge_pool(request.app)
+    pools = list(parts_of(request).dispatcher.routes.pools)
+    edge = parts_of(request).edge
     *pools_ready, edge_ready = await asyncio.gather(
         *(_pool_ready(pool) for pool in pools),
         _pool_ready(edge) if edge is not None else asyncio.sleep(0, None),
@@ -112,11 +101,11 @@ async def readyz(request: web.Request) -> web.Response:
             "endpoints": edge.snapshot() if edge is not None else [],
         },
         # Reported, never deciding: a router without Redis serves on its last policy.
-        "fleet": fleet_status(request.app),
+        "fleet": fleet_status(parts_of(request)),
     }
     return respond(request, document, status=200 if cloud_ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = generate_latest(parts_of(request).metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -13,11 +13,9 @@ from aiohttp import web
 from hotcold.http import Handler
 from hotcold.logs import REQUEST_ID as REQUEST_ID_CONTEXT
 from hotcold.wire import ServiceUnavailable
-from router.app_keys import CONFIG_KEY
 from router.dispatch import DECISION, REQUEST_ID, Decision
-from router.metrics import RouterMetrics
+from router.parts import parts_of
 
-METRICS = web.AppKey("metrics", RouterMetrics)
 access = logging.getLogger("hotcold.access")  # one line per inference answer
 _INFERENCE_PATHS = {
     "/v1/chat/completions": "chat",
@@ -29,9 +27,6 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ROUTER_ANSWER = Decision(route="cold", cache="bypass", served_by="router")
 
 
-IN_FLIGHT = web.AppKey("in_flight", list)  # [count]: inference requests being handled
-
-
 @web.middleware
 async def shedding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Past ``server.max_concurrent_requests`` inference requests in flight, answer 503 at
@@ -39,19 +34,20 @@ async def shedding_middleware(request: web.Request, handler: Handler) -> web.Str
     Health, metrics and admin are never shed."""
     if request.path not in _INFERENCE_PATHS:
         return await handler(request)
-    counter = request.app[IN_FLIGHT]
-    if counter[0] >= request.app[CONFIG_KEY].server.max_concurrent_requests:
-        request.app[METRICS].refused.labels("overloaded").inc()
+    parts = parts_of(request)
+    in_flight = parts.in_flight
+    if in_flight.count >= parts.config.server.max_concurrent_requests:
+        parts.metrics.refused.labels("overloaded").inc()
         raise ServiceUnavailable(
             "the router is at its concurrent request limit; retry shortly",
             code="overloaded",
             retry_after_s=1,
         )
-    counter[0] += 1
+    in_flight.count += 1
     try:
         return await handler(request)
     finally:
-        counter[0] -= 1
+        in_flight.count -= 1
 
 
 def _request_id(request: web.Request) -> str:
@@ -73,7 +69,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         decision: Decision = request.get(DECISION, ROUTER_ANSWER)
         if api is not None:
             finished = time.perf_counter()
-            request.app[METRICS].count_answer(
+            parts_of(request).metrics.count_answer(
                 api,
                 (decision.route, decision.cache, decision.served_by, decision.model),
                 status,

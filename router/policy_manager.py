@@ -133,9 +133,11 @@ class PolicyManager:
         classifier: Classifier,
         clock: Clock,
         on_reload: Callable[[RouterConfig], None] | None = None,
+        store: PolicyStore | None = None,
     ) -> None:
         """``on_reload`` applies a reloaded config's live sections (the catalog and its
-        pools); it raises ConfigError, changing nothing, when it cannot."""
+        pools); it raises ConfigError, changing nothing, when it cannot. ``store``: where
+        changes are committed (the fleet's Redis); None keeps them in this process."""
         self.on_reload = on_reload
         self.layers = layers
         self.config = config  # the running start-up configuration
@@ -144,7 +146,7 @@ class PolicyManager:
         self.base: dict[str, Any] = values_from_config(config)
         self.document = FleetDocument.empty(config.fleet.name)
         self.values: PolicyValues = effective_values(self.base, {})
-        self.store: PolicyStore = LocalStore(self)
+        self.store: PolicyStore = store if store is not None else LocalStore(self)
         self.refused = 0  # fleet documents refused (their changes did not validate here)
         self.reloads = {"ok": 0, "failed": 0}
         self._apply(self.values, "initial policy from the start-up configuration")

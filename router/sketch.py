@@ -45,6 +45,12 @@ def ceil_power_of_two(value: int) -> int:
     return 1 << max(0, (max(1, value) - 1).bit_length())
 
 
+def width_for(entries: int, minimum: int = 1) -> int:
+    """Counters per row for a sketch that judges ``entries`` keys: four per key, rounded up
+    to a power of two (Caffeine's sizing), at least ``minimum``."""
+    return max(minimum, 4 * ceil_power_of_two(entries))
+
+
 class FrequencySketch:
     __slots__ = (
         "_door",
