@@ -10,13 +10,14 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
+from router.decision import Route
 from router.sketch import FrequencySketch
 from router.threshold import ThresholdController
 
 
 @dataclass(frozen=True, slots=True)
 class PinRule:
-    route: str  # "hot" | "cold"
+    route: Route
     model: str | None = None  # a glob on the model name
     pattern: re.Pattern[str] | None = None  # searched in the prompt text
 
@@ -36,7 +37,7 @@ class PinRule:
 
 @dataclass(frozen=True, slots=True)
 class Classification:
-    route: str  # "hot" | "cold"
+    route: Route
     estimate: int  # the key's estimated frequency in the sketch window
     reason: str
 

@@ -16,6 +16,8 @@ The flow::
 Every answer carries ``X-Route`` (hot|cold), ``X-Cache`` (hit|miss|bypass) and
 ``X-Served-By`` (cache|edge|cloud; ``router`` when the router answered an error itself).
 A hot request is never failed because the edge is down or busy while the cloud can answer.
+The rules themselves are plain code in router/decision.py (tested without a server); this
+module gathers the facts, asks, and does the I/O.
 Upstreams are asked for their own name of the model (the catalog's ``upstream_model``, or the
 edge model); every answer, plain, streamed or cached, names the public model asked for.
 """
@@ -51,6 +53,7 @@ from router.catalog import ResolvedModel
 from router.classify import Classification, Classifier
 from router.clock import Clock
 from router.config import RouterConfig
+from router.decision import CacheFacts, ProducerFacts, cache_plan, producer_plan
 from router.keys import request_key
 from router.metrics import RouterMetrics
 from router.models import ModelRoutes
@@ -96,18 +99,6 @@ class Decision:
 REQUEST_ID = web.RequestKey("request_id", str)
 DECISION = web.RequestKey("decision", Decision)
 TENANT = web.RequestKey("tenant", str)
-
-
-def cache_modes(request: InferenceRequest, cache_control: str | None) -> tuple[bool, bool]:
-    """(may read the cache, may write it): only deterministic requests, and the client may
-    opt out: ``no-cache`` skips the lookup (a fresh answer, which is still stored),
-    ``no-store`` skips both."""
-    if not request.params.is_deterministic():
-        return False, False
-    directives = {part.strip().lower() for part in (cache_control or "").split(",")}
-    if "no-store" in directives:
-        return False, False
-    return "no-cache" not in directives, True
 
 
 class Dispatcher:
@@ -180,22 +171,24 @@ class Dispatcher:
             )
         key = request_key(tenant, model.public, request)
         verdict = self._classifier.classify(key.fingerprint, model.public, prompt, now)
-        read, write = cache_modes(request, http.headers.get("Cache-Control"))
+        plan = cache_plan(
+            CacheFacts(request.params.is_deterministic(), http.headers.get("Cache-Control"))
+        )
         deadline_at = now + self._config.server.request_deadline_s
-        if read:
+        if plan.read:
             cached = self._cache.get(key.fingerprint, now, tenant)
-            if cached is not None and (cached.replayable or not request.stream):
+            if cached is not None and plan.serves(cached.replayable, request.stream):
                 hit = Decision("hot", "hit", "cache", model.entry.name)
                 return self._from_cache(http, request, cached, hit)
-        label = "miss" if read else "bypass"
+        label = plan.label
         leading = False
-        if read and write:
+        if plan.coalesce:
             flight = self.flights.join(key.fingerprint)
             if flight is None:
                 leading = True
             else:
                 shared = await SingleFlight.wait(flight, deadline_at - self._clock.now())
-                if shared is not None and (shared.replayable or not request.stream):
+                if shared is not None and plan.serves(shared.replayable, request.stream):
                     decision = Decision(verdict.route, "miss", shared.produced_by, model.entry.name)
                     response = self._from_cache(http, request, shared, decision)
                     response.headers["X-Coalesced"] = "true"
@@ -213,7 +206,7 @@ class Dispatcher:
         # Independent of the threshold on purpose: when the edge is overloaded the threshold
         # rises, and the cache, which costs nothing to serve from, must not take less then.
         rules = self._policy.values.cache
-        if answer is not None and write and verdict.estimate >= rules.min_frequency:
+        if answer is not None and plan.write and verdict.estimate >= rules.min_frequency:
             self._cache.put(
                 key.fingerprint,
                 answer,
@@ -252,10 +245,19 @@ class Dispatcher:
         tenant = http[TENANT]
         name = model.entry.name
         edge = self._edge
-        if verdict.route == "hot" and edge is not None and model.entry.edge_allowed:
-            if not edge_can_answer(request):
-                self._metrics.edge_fallbacks.labels("request_not_for_edge").inc()
-            elif edge.available() and self.tenants.take_edge_slot(tenant, self._clock.now()):
+        producer = producer_plan(
+            ProducerFacts(
+                route=verdict.route,
+                edge_configured=edge is not None,
+                edge_allowed=model.entry.edge_allowed,
+                edge_can_answer=edge_can_answer(request),
+                edge_has_room=edge is not None and edge.available(),
+            )
+        )
+        if producer.reason in ("request_not_for_edge", "edge_busy_or_down"):
+            self._metrics.edge_fallbacks.labels(producer.reason).inc()
+        if producer.first == "edge" and edge is not None:
+            if self.tenants.take_edge_slot(tenant, self._clock.now()):
                 edge_deadline = min(deadline_at, self._clock.now() + self._config.edge.timeout_s)
                 decision = Decision("hot", label, "edge", name)
                 http[DECISION] = decision
@@ -269,12 +271,8 @@ class Dispatcher:
                     log.info("edge could not answer (%s); serving from the cloud", exc.message)
                 finally:
                     self.tenants.release_edge_slot(tenant)
-            else:
+            else:  # the tenant's fair share of the edge is taken
                 self._metrics.edge_fallbacks.labels("edge_busy_or_down").inc()
-                log.debug(
-                    "edge busy or down (%d outstanding); serving from the cloud",
-                    edge.outstanding,
-                )
         decision = Decision(verdict.route, label, "cloud", name)
         http[DECISION] = decision
         pool = self.routes.pool_of(model.entry.pool)

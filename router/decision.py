@@ -1,0 +1,93 @@
+"""What to do with one request, as plain code: no HTTP, no I/O, no clock.
+
+The dispatcher (router/dispatch.py) gathers the facts about a request (its classification,
+what the client allows of the cache, what the cache holds, what the catalog and the edge node
+allow) and asks :func:`cache_plan` and :func:`producer_plan` what to do; it then does it. So
+every routing rule is here, in one place, and is tested exhaustively without a server
+(tests/test_decision.py), while the HTTP reading and writing stay at the edge.
+
+The rules:
+
+- Only deterministic requests use the cache (temperature 0 or a seed); ``Cache-Control:
+  no-store`` skips it, ``no-cache`` skips the lookup but stores the fresh answer.
+- A cached answer is served (``X-Route: hot``, ``X-Cache: hit``), unless a streamed request
+  finds an answer whose stream form would lose a field: then it is computed afresh.
+- An identical miss already in flight is joined (single-flight) when the request may read
+  and write the cache.
+- A hot request goes to the edge node only when one is configured, the catalog lets the edge
+  answer this model, the request asks for nothing the edge node cannot do, and the edge has
+  room; if the edge then fails, the model's cloud pool answers (still hot).
+- Everything else goes to the model's cloud pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Route = Literal["hot", "cold"]
+CacheLabel = Literal["hit", "miss", "bypass"]
+Producer = Literal["edge", "cloud"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheFacts:
+    deterministic: bool
+    cache_control: str | None  # the request's Cache-Control header
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    read: bool  # look the key up
+    write: bool  # offer the answer to the cache
+    coalesce: bool  # join an identical miss in flight
+
+    @property
+    def label(self) -> CacheLabel:
+        """``X-Cache`` for an answer that was not a hit."""
+        return "miss" if self.read else "bypass"
+
+    def serves(self, cached_replayable: bool | None, stream: bool) -> bool:
+        """Whether a cached (or coalesced) answer answers this request: ``None`` when the
+        cache holds nothing; a stream needs an answer whose stream form loses nothing."""
+        return cached_replayable is not None and (cached_replayable or not stream)
+
+
+def cache_plan(facts: CacheFacts) -> CachePlan:
+    if not facts.deterministic:
+        return CachePlan(read=False, write=False, coalesce=False)
+    directives = {part.strip().lower() for part in (facts.cache_control or "").split(",")}
+    if "no-store" in directives:
+        return CachePlan(read=False, write=False, coalesce=False)
+    read = "no-cache" not in directives
+    return CachePlan(read=read, write=True, coalesce=read)
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerFacts:
+    route: Route
+    edge_configured: bool
+    edge_allowed: bool  # the catalog lets the edge node answer this model
+    edge_can_answer: bool  # the request asks for nothing the edge node cannot honour
+    edge_has_room: bool  # breaker closed and under its in-flight bound
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerPlan:
+    first: Producer
+    fallback: Producer | None
+    reason: str  # why not the edge, for a hot request (the edge-fallback metric's label)
+
+
+def producer_plan(facts: ProducerFacts) -> ProducerPlan:
+    if facts.route == "cold":
+        return ProducerPlan("cloud", None, "cold")
+    if not facts.edge_configured:
+        return ProducerPlan("cloud", None, "no_edge")
+    if not facts.edge_allowed:
+        return ProducerPlan("cloud", None, "model_not_for_edge")
+    if not facts.edge_can_answer:
+        return ProducerPlan("cloud", None, "request_not_for_edge")
+    if not facts.edge_has_room:
+        return ProducerPlan("cloud", None, "edge_busy_or_down")
+    return ProducerPlan("edge", "cloud", "edge")
