@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Any
 
 from hotcold.logs import setup_logging
 from hotcold.serving import Server, serve_forever
@@ -17,67 +16,30 @@ from router.errors import ConfigError
 from router.models import pool_configs
 from router.pools import pool_keys
 from router.redis_connect import describe
+from router.settings import add_setting_flags, overrides_from, reference_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m router", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m router",
+        description="the hotcold edge router. Every setting is in the config file (see "
+        "configs/router.yaml); flags override the file, which overrides HOTCOLD_* variables.",
+    )
     parser.add_argument("--config", help="YAML config file (see configs/router.yaml)")
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
     parser.add_argument(
-        "--cloud-endpoint",
-        action="append",
-        dest="cloud_endpoints",
-        metavar="URL",
-        help="a cloud GPU server (repeat for a pool); replaces the file's list",
+        "--reference-config",
+        action="store_true",
+        help="print the reference config (every setting, its default and unit) and exit",
     )
-    parser.add_argument(
-        "--edge-endpoint",
-        metavar="URL",
-        help="the edge node (any OpenAI-compatible server) that computes hot misses",
-    )
-    parser.add_argument("--cache-entries", type=int, help="response cache size, in entries")
-    parser.add_argument(
-        "--admin-token", help="bearer token of the admin API (or HOTCOLD_ADMIN_TOKEN)"
-    )
-    parser.add_argument(
-        "--redis-url",
-        help="the fleet's Redis: redis://, rediss://, unix://, redis+sentinel://host:port/"
-        "service, redis+cluster://host:port (or HOTCOLD_REDIS_URL); none: run alone",
-    )
-    parser.add_argument("--fleet", help="fleet name: the namespace of its keys in Redis")
-    parser.add_argument("--router-id", help="this router's id in the fleet (default host-pid)")
-    parser.add_argument("--log-level")
-    parser.add_argument(
-        "--json-logs", action="store_true", default=None, help="one JSON object per log line"
-    )
+    add_setting_flags(parser)  # one flag per setting that declares one (router/config.py)
     return parser.parse_args(argv)
-
-
-def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    """Flags as a config layer: only the flags that were given."""
-    tree: dict[str, Any] = {}
-
-    def put(section: str, key: str, value: Any) -> None:
-        if value is not None:
-            tree.setdefault(section, {})[key] = value
-
-    put("server", "host", args.host)
-    put("server", "port", args.port)
-    put("cloud", "endpoints", args.cloud_endpoints)
-    put("edge", "endpoints", [args.edge_endpoint] if args.edge_endpoint else None)
-    put("cache", "entries", args.cache_entries)
-    put("admin", "token", args.admin_token)
-    put("fleet", "redis_url", args.redis_url)
-    put("fleet", "name", args.fleet)
-    put("fleet", "router_id", args.router_id)
-    put("logging", "level", args.log_level)
-    put("logging", "json_lines", args.json_logs)
-    return tree
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.reference_config:
+        sys.stdout.write(reference_config())
+        return 0
     try:
         layers = load_layers(args.config, overrides_from(args))
         config = layers.build()

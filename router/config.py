@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import (
@@ -25,6 +25,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from router.errors import ConfigError
 
@@ -32,7 +34,26 @@ MiB = 1024 * 1024
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # A field's docstring (the string under it) is its description: the one declaration that
+    # the reference config, the flags' help and the docs are produced from (router/settings.py).
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+def setting(
+    default: Any = PydanticUndefined,
+    *,
+    env: str | None = None,
+    flag: str | None = None,
+    **constraints: Any,
+) -> Any:
+    """A field that a person also sets from the environment (``env``) or the command line
+    (``flag``): both are derived from here (router/settings.py), nowhere else."""
+    extra: dict[str, Any] = {}
+    if env is not None:
+        extra["env"] = env
+    if flag is not None:
+        extra["flag"] = flag
+    return Field(default, json_schema_extra=extra or None, **constraints)
 
 
 def _check_url(url: str) -> str:
@@ -42,34 +63,65 @@ def _check_url(url: str) -> str:
 
 
 class ServerConfig(_Frozen):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    host: str = setting("127.0.0.1", env="HOTCOLD_HOST", flag="--host")
+    """address to listen on (0.0.0.0 for all)"""
+    """address to listen on (0.0.0.0 for all)"""
+    port: int = setting(8080, ge=0, le=65535, env="HOTCOLD_PORT", flag="--port")
+    """TCP port"""
     max_body_bytes: int = Field(default=4 * MiB, ge=1024)
+    """bytes (4 MiB); a larger request body is refused with 413 before it is read when it declares
+    its length, while reading otherwise
+    """
     request_deadline_s: float = Field(default=60.0, gt=0)
+    """seconds from arrival to the full answer, all retries included; streams: to the first token.
+    Past it: 504
+    """
     stream_idle_timeout_s: float = Field(default=30.0, gt=0)
+    """seconds a started stream may go without a byte from upstream; past it the client gets an SSE
+    error event and the stream ends
+    """
     shutdown_timeout_s: float = Field(default=15.0, ge=0)
-    max_concurrent_requests: int = Field(default=2048, ge=1)  # beyond: 503 at once (shedding)
-    body_timeout_s: float = Field(default=10.0, gt=0)  # a slow client gets 408
-    max_header_bytes: int = Field(default=8190, ge=1024)  # per header line
+    """seconds SIGTERM waits for in-flight requests to finish"""
+    max_concurrent_requests: int = Field(default=2048, ge=1)
+    """inference requests in flight; beyond, 503 "overloaded" + Retry-After at once (load shedding,
+    before memory runs out)
+    """
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    """a client that has not sent its whole body by then gets 408"""
+    max_header_bytes: int = Field(default=8190, ge=1024)
+    """longest request line / header field (aiohttp answers 400)"""
     max_prompt_chars: int = Field(default=200_000, ge=1)
-    max_tokens_ceiling: int = Field(default=8192, ge=1)  # a larger max_tokens is refused
+    """a longer prompt is refused: 400 context_length_exceeded"""
+    max_tokens_ceiling: int = Field(default=8192, ge=1)
+    """a larger max_tokens is refused: 400 max_tokens_too_large"""
 
 
 class BackoffConfig(_Frozen):
     base_s: float = Field(default=0.01, ge=0)
+    """seconds"""
     cap_s: float = Field(default=0.25, ge=0)
+    """seconds"""
 
 
 class BreakerConfig(_Frozen):
     failure_threshold: int = Field(default=3, ge=1)
+    """consecutive failures (transport errors, 5xx, timeouts) to eject"""
     open_s: float = Field(default=1.0, gt=0)
+    """seconds ejected before a health probe may take it back; doubles after each failed probe..."""
     max_open_s: float = Field(default=30.0, gt=0)
+    """...up to this many seconds"""
 
 
 class HealthConfig(_Frozen):
     probe_interval_s: float = Field(default=0.5, gt=0)
+    """seconds between looks for ejected endpoints due a probe (GET /healthz); healthy endpoints
+    are not polled
+    """
     probe_timeout_s: float = Field(default=1.0, gt=0)
+    """seconds a probe may take"""
     stale_after_s: float = Field(default=10.0, gt=0)
+    """/readyz probes an endpoint first when it has had no successful answer for this many
+    seconds"""
 
 
 class CredentialConfig(_Frozen):
@@ -78,7 +130,9 @@ class CredentialConfig(_Frozen):
     reload, and never logged or shown."""
 
     env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    """the name of an environment variable holding the key"""
     file: str | None = None
+    """a file holding the key (a mounted secret)"""
 
     @model_validator(mode="after")
     def _one_source(self) -> CredentialConfig:
@@ -91,17 +145,39 @@ class PoolConfig(_Frozen):
     """An upstream pool: the cloud GPU servers, or the edge node (a pool of one)."""
 
     endpoints: tuple[str, ...] = ()
-    api_key: SecretStr | None = None  # literal key for every endpoint (prefer api_key_env)
+    """base URLs (no /v1) of the pool's OpenAI-compatible servers"""
+    """base URLs (no /v1)"""
+    api_key: SecretStr | None = None
+    """a literal key sent as "Authorization: Bearer <key>" to every endpoint; prefer api_key_env or
+    api_key_file (at most one of 3)
+    """
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    """the name of an environment variable holding the key"""
     api_key_file: str | None = None
-    endpoint_keys: dict[str, CredentialConfig] = {}  # per endpoint URL; overrides the pool's
+    """a file holding the key (a mounted secret); re-read on reload"""
+    endpoint_keys: dict[str, CredentialConfig] = {}
+    """per endpoint URL, a key that overrides the pool's, e.g.
+    http://gpu-3:8000: {env: GPU3_KEY}   or {file: /run/secrets/k}
+    A missing variable or file stops start-up (a reload keeps the last good config); keys are
+    never logged or shown"""
     health_path: str = Field(default="/healthz", pattern=r"^/[A-Za-z0-9/._-]{0,200}$")
+    """GET path that probes an ejected endpoint back in (200 = healthy): /health for vLLM and
+    vllm-router, /v1/models for hosted APIs
+    """
     max_attempts: int = Field(default=3, ge=1, le=10)
+    """tries per request (1-10), each on another endpoint when one is left; retried: connection
+    refused/reset, 5xx, 503/429 (busy)
+    """
     connect_timeout_s: float = Field(default=2.0, gt=0)
+    """seconds to open a TCP connection to an endpoint"""
     max_connections: int = Field(default=1024, ge=1)
+    """keep-alive connections kept open to the whole pool (the bound on upstream sockets)"""
     backoff: BackoffConfig = BackoffConfig()
+    """pause between attempts: uniform in [0, min(cap, base * 2^(n-1))]"""
     breaker: BreakerConfig = BreakerConfig()
+    """circuit breaker per endpoint (passive ejection)"""
     health: HealthConfig = HealthConfig()
+    """active health checks of ejected endpoints (on health_path)"""
 
     @field_validator("endpoints")
     @classmethod
@@ -127,19 +203,40 @@ class PoolConfig(_Frozen):
         return self
 
 
+class CloudPoolConfig(PoolConfig):
+    """The pool named "cloud" (the one the command-line flags set)."""
+
+    endpoints: tuple[str, ...] = setting((), env="HOTCOLD_CLOUD_ENDPOINTS", flag="--cloud-endpoint")
+    """base URLs (no /v1) of the pool's OpenAI-compatible servers (the flag repeats; the
+    variable takes a comma-separated list)"""
+
+
 class EdgeConfig(PoolConfig):
     """The edge node(s): an upstream pool that takes hot misses."""
 
+    endpoints: tuple[str, ...] = setting((), env="HOTCOLD_EDGE_ENDPOINT", flag="--edge-endpoint")
+    """base URLs of the edge node(s). Empty: no edge node, hot misses are computed by the
+    cloud"""
+
     max_attempts: int = Field(default=1, ge=1, le=10)
+    """tries on the edge before the request falls back to the cloud"""
     timeout_s: float = Field(default=15.0, gt=0)
+    """seconds an edge attempt may take before falling back to the cloud"""
     max_inflight: int = Field(default=32, ge=1)
+    """requests outstanding to the edge; beyond, hot misses go to the cloud at once (the hard
+    bound; the threshold is the soft one)
+    """
 
 
 class ThresholdConfig(_Frozen):
     initial: float = Field(default=2.0, gt=0)
+    """starting value"""
     min: float = Field(default=2.0, gt=0)
+    """never below: a key must recur within the window to be hot"""
     max: float = Field(default=17.0, gt=0)
+    """never above; 17 is above any estimate, i.e. nothing is hot"""
     history_weight: float = Field(default=0.7, ge=0, lt=1)
+    """weight of past intervals in the traffic baseline (EWMA, 0..1)"""
 
     @model_validator(mode="after")
     def _ordered(self) -> ThresholdConfig:
@@ -152,23 +249,39 @@ class ThresholdConfig(_Frozen):
 
 class CapacityConfig(_Frozen):
     queue_delay_slo_ms: float = Field(default=250.0, gt=0)
+    """the edge node's queue delay SLO, ms (its X-Queue-Ms answers, or time to first byte when it
+    sends none)
+    """
     control_interval_s: float = Field(default=1.0, gt=0)
+    """seconds between control steps"""
     target_fraction: float = Field(default=0.5, gt=0, le=1)
+    """raise the threshold when the delay is above this share of the SLO"""
     idle_fraction: float = Field(default=0.25, gt=0, lt=1)
+    """lower it when the delay is below this share (or no edge traffic)"""
     raise_factor: float = Field(default=1.3, gt=1)
+    """multiplier per step when raising (> 1)"""
     lower_factor: float = Field(default=0.97, gt=0, lt=1)
+    """multiplier per step when lowering (0..1)"""
 
 
 class SketchConfig(_Frozen):
     width: int = Field(default=0, ge=0)
+    """counters per row; 0 = max(1024, 4 x cache.entries rounded up to a power of two): 10,000
+    entries -> 65,536 -> 288 KiB
+    """
     window_factor: int = Field(default=10, ge=1)
+    """the frequency window: counts halve every window_factor x cache.entries requests"""
     doorkeeper: bool = True
+    """a Bloom filter absorbs each key's first occurrence"""
 
 
 class PinConfig(_Frozen):
     route: Literal["hot", "cold"]
+    """where matching requests go"""
     model: str | None = None
+    """a glob on the public model name"""
     pattern: str | None = Field(default=None, max_length=512)
+    """a regular expression searched in the prompt text (512 characters at most)"""
 
     @field_validator("pattern")
     @classmethod
@@ -183,9 +296,15 @@ class PinConfig(_Frozen):
 
 class PolicyConfig(_Frozen):
     threshold: ThresholdConfig = ThresholdConfig()
+    """in estimated occurrences per sketch window (see sketch below)"""
     capacity: CapacityConfig = CapacityConfig()
+    """the loop that keeps the edge node inside its SLO"""
     sketch: SketchConfig = SketchConfig()
+    """the frequency sketch: memory 4.5 x width bytes, fixed"""
     pins: tuple[PinConfig, ...] = ()
+    """force routes whatever the frequency, first match wins, e.g.
+    - {route: cold, pattern: "(?i)emergency|alarm"}
+    - {route: hot, model: "tiny-*"}"""
 
 
 # The cache's eviction policies (router/eviction.py), in the order the selector tries them.
@@ -193,13 +312,25 @@ EVICTION_POLICIES = ("w-tinylfu", "w-tinylfu-long", "s3-fifo", "s3-fifo-2", "arc
 
 
 class CacheConfig(_Frozen):
-    entries: int = Field(default=10_000, ge=1)
+    entries: int = setting(10_000, ge=1, env="HOTCOLD_CACHE_ENTRIES", flag="--cache-entries")
+    """at most this many answers"""
     max_bytes: int = Field(default=64 * MiB, ge=1024)
+    """at most this many bytes of answers (64 MiB)"""
     max_entry_bytes: int = Field(default=1 * MiB, ge=64)
+    """a larger answer is not cached (1 MiB)"""
     ttl_s: float = Field(default=3600.0, gt=0)
+    """seconds an answer may be served from the cache"""
     min_frequency: int = Field(default=1, ge=1, le=16)
+    """offer an answer only when its key was seen this many times in the sketch window: 1 = every
+    deterministic answer (best hit ratio: the eviction policy decides); 2 = strict, a one-off
+    never enters (see docs/benchmarks.md for the cost)
+    """
     policies: tuple[str, ...] = EVICTION_POLICIES
+    """eviction policies the cache chooses among by measuring them on a key sample (shadow memory:
+    about 5 x entries / R keys, R = 1 below 2048 entries, else about entries / 1024, <= 64)
+    """
     initial_policy: str = "s3-fifo"
+    """the one it starts with (the most frequent winner)"""
 
     @model_validator(mode="after")
     def _known_policies(self) -> CacheConfig:
@@ -218,19 +349,28 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$"
 class EdgeModelConfig(_Frozen):
     """The catalog's permission for the edge node to answer a model, and as which edge model."""
 
-    model: str | None = Field(default=None, max_length=256)  # None: the name the client sent
+    model: str | None = Field(default=None, max_length=256)
+    """the edge model's name (null: the name the client sent)"""
 
 
 class ModelConfig(_Frozen):
     """One public model: what clients send, which pool serves it, and whether the edge may."""
 
     name: str = Field(pattern=MODEL_NAME_PATTERN)
-    aliases: tuple[str, ...] = ()  # other names clients may send; glob patterns allowed ("*")
-    pool: str = "cloud"  # a key of ``pools``, or "cloud" for the ``cloud`` section
-    upstream_model: str | None = Field(default=None, max_length=256)  # None: the public name
+    """the public name: /v1/models, answers' "model", the metrics' model label"""
+    aliases: tuple[str, ...] = ()
+    """other names clients may send; glob patterns too ("llama-*" answers as sent)"""
+    pool: str = "cloud"
+    """"cloud" or a key of `pools`"""
+    upstream_model: str | None = Field(default=None, max_length=256)
+    """what the pool's servers are asked for (null: the public name)"""
     apis: tuple[Literal["chat", "completion", "embeddings"], ...] = ("chat", "completion")
-    edge: EdgeModelConfig | None = None  # None: never answered by the edge node
+    """the APIs it serves: chat, completion, embeddings"""
+    edge: EdgeModelConfig | None = None
+    """{model: NAME}: the edge node may answer its hot misses, as this edge model; null: it
+    never does"""
     owned_by: str = Field(default="hotcold", max_length=64)
+    """shown in /v1/models"""
 
     @field_validator("aliases")
     @classmethod
@@ -245,8 +385,11 @@ class ModelsConfig(_Frozen):
     """The model catalog. Empty: the ``cloud`` (and ``edge``) sections are a one-model
     catalog that answers any model name, as the router did before it had a catalog."""
 
-    default: str | None = None  # a catalog name used when a request names no model
+    default: str | None = None
+    """the catalog name used when a request names no model"""
     catalog: tuple[ModelConfig, ...] = ()
+    """empty: the `cloud` section is one model, "default", answering any name as sent. An
+    unknown model: 404 model_not_found. As many entries as configured (bounded by the file)"""
 
     @model_validator(mode="after")
     def _names_unique(self) -> ModelsConfig:
@@ -262,21 +405,50 @@ class ModelsConfig(_Frozen):
 
 
 class AdminConfig(_Frozen):
-    token: str | None = Field(default=None, min_length=16)
-    watch_config_s: float = Field(default=2.0, ge=0)  # config file check period; 0: SIGHUP only
+    token: str | None = setting(
+        None, min_length=16, env="HOTCOLD_ADMIN_TOKEN", flag="--admin-token"
+    )
+    """bearer token of the admin API, 16+ characters"""
+    watch_config_s: float = Field(default=2.0, ge=0)
+    """re-read this file when it changes, checked every N seconds (0: only on SIGHUP or POST
+    /admin/reload). Only the live policy (policy.threshold min/max/history_weight,
+    policy.capacity, policy.pins, cache.ttl_s, cache.min_frequency) and the model catalog
+    (models, pools, cloud) are reloaded; other keys need a restart and a reload says which. A
+    bad file keeps the last good one.
+    """
 
 
 class FleetConfig(_Frozen):
     """Fleet policy sync over Redis; without ``redis_url`` the router runs alone."""
 
-    redis_url: str | None = None
-    name: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    router_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    redis_url: str | None = setting(None, env="HOTCOLD_REDIS_URL", flag="--redis-url")
+    """null: run alone. redis://[:password@]host:port[/db], rediss:// (TLS), unix:///path,
+    redis+sentinel://host:port [,host:port]/service, redis+cluster://host:port
+    """
+    name: str = setting(
+        "default", pattern=r"^[A-Za-z0-9._-]{1,64}$", env="HOTCOLD_FLEET", flag="--fleet"
+    )
+    """the fleet: namespace of its keys"""
+    router_id: str | None = setting(
+        None, pattern=r"^[A-Za-z0-9._:-]{1,128}$", env="HOTCOLD_ROUTER_ID", flag="--router-id"
+    )
+    """this router's name in the fleet (null: hostname-pid)"""
     redis_timeout_s: float = Field(default=0.5, gt=0)
+    """bound on every Redis call; nothing in the request path waits"""
     poll_interval_s: float = Field(default=1.0, gt=0)
+    """the policy is also polled (a lost pub/sub message heals)"""
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    """membership heartbeat"""
     member_ttl_s: float = Field(default=5.0, gt=0)
+    """a router silent this long leaves the fleet; a router that cannot sync its sketch this long
+    falls back to local counts
+    """
     sketch_interval_s: float = Field(default=1.0, gt=0)
+    """publish this router's sketch and sum the others' (memory: a view of 8 x sketch width bytes,
+    512 KiB at the default, whatever the fleet's size; Redis holds one compressed sketch per
+    router, up to ~75 KiB when busy, and each router reads the others' every period: raise it
+    for fleets of dozens)
+    """
 
     @field_validator("redis_url")
     @classmethod
@@ -301,23 +473,39 @@ class ApiKeyConfig(_Frozen):
     ``hotcold key new --tenant NAME`` makes one)."""
 
     tenant: str = Field(pattern=TENANT_PATTERN)
+    """the tenant the key belongs to"""
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    name: str | None = Field(default=None, max_length=100)  # a label: which device fleet
+    """the SHA-256 of the key, hex"""
+    name: str | None = Field(default=None, max_length=100)
+    """a label: which devices use it"""
 
 
 class TenantLimits(_Frozen):
-    requests_per_s: float | None = Field(default=None, gt=0)  # null: unlimited
-    burst: int | None = Field(default=None, ge=1)  # bucket size (default: 1 s of requests)
-    tokens_per_min: int | None = Field(default=None, ge=1)  # upstream tokens (cache: free)
-    edge_weight: float = Field(default=1.0, gt=0)  # share of the edge under contention
-    edge_share: float = Field(default=1.0, gt=0, le=1)  # at most this share of edge slots
+    requests_per_s: float | None = Field(default=None, gt=0)
+    """token bucket; null: unlimited. Over it: 429 + Retry-After"""
+    burst: int | None = Field(default=None, ge=1)
+    """bucket depth (null: one second of requests_per_s)"""
+    tokens_per_min: int | None = Field(default=None, ge=1)
+    """upstream tokens (prompt + completion; cache hits are free); over it: 429 quota_exceeded +
+    Retry-After
+    """
+    edge_weight: float = Field(default=1.0, gt=0)
+    """the tenant's weight in the edge's fair share under contention"""
+    edge_share: float = Field(default=1.0, gt=0, le=1)
+    """never more than this share of the edge's in-flight slots"""
 
 
 class TenantsConfig(_Frozen):
-    api_keys: tuple[ApiKeyConfig, ...] = ()  # none: open mode (X-Tenant names the tenant)
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+    """clients send "Authorization: Bearer <key>"; only the key's SHA-256 is stored (hotcold
+    key new --tenant acme makes both). Empty: OPEN MODE (a warning at start-up): X-Tenant
+    names the tenant, so run behind a gateway that authenticates"""
     default: TenantLimits = TenantLimits()
+    """limits of every tenant not in overrides"""
     overrides: dict[str, TenantLimits] = {}
-    max_tracked: int = Field(default=10_000, ge=1)  # limiter state kept for this many tenants
+    """per tenant, e.g. acme: {requests_per_s: 50, edge_share: 0.5}"""
+    max_tracked: int = Field(default=10_000, ge=1)
+    """limiter state kept for this many tenants (least recent go)"""
 
     @field_validator("overrides")
     @classmethod
@@ -339,36 +527,71 @@ class CostConfig(_Frozen):
     """Prices that turn token counts into an estimated cost (and what all-cloud would cost)."""
 
     currency: str = Field(default="USD", max_length=8)
+    """the currency of the prices below (ISO 4217 code)"""
     cloud_input_per_1k_tokens: float = Field(default=0.00015, ge=0)
+    """what the cloud bills per 1,000 prompt tokens"""
     cloud_output_per_1k_tokens: float = Field(default=0.0006, ge=0)
+    """... and per 1,000 completion tokens"""
     edge_gpu_per_hour: float = Field(default=0.05, ge=0)
+    """the edge GPU's cost per hour (amortised hardware + power), counted while an edge node is
+    configured, busy or idle
+    """
 
 
 class DashboardConfig(_Frozen):
     sample_interval_s: float = Field(default=1.0, gt=0)
-    history_points: int = Field(default=600, ge=10, le=86_400)  # bounded: 10 min at 1 s
+    """one point per interval ..."""
+    history_points: int = Field(default=600, ge=10, le=86_400)
+    """... of which this many are kept (bounded: 10 min at 1 s)"""
 
 
 class LoggingConfig(_Frozen):
-    level: str = "INFO"
-    json_lines: bool = False
+    level: str = setting("INFO", env="HOTCOLD_LOG_LEVEL", flag="--log-level")
+    """DEBUG, INFO, WARNING, ERROR"""
+    json_lines: bool = setting(False, flag="--json-logs")
+    """true: one JSON object per log line (each with the request id the answer carries in
+    X-Request-Id)
+    """
     access_log: bool = True
+    """one line per inference answer (logger hotcold.access): method, path, status,
+    route/cache/served-by, latency
+    """
 
 
 class RouterConfig(_Frozen):
     server: ServerConfig = ServerConfig()
-    cloud: PoolConfig = PoolConfig(endpoints=("http://127.0.0.1:9001",))
-    pools: dict[str, PoolConfig] = {}  # named cloud pools for the model catalog
+    """the HTTP server and the limits it puts on requests"""
+    cloud: CloudPoolConfig = CloudPoolConfig(endpoints=("http://127.0.0.1:9001",))
+    """the pool named "cloud": OpenAI-compatible servers. Without models.catalog, this pool
+    is the whole catalog, one model ("default") that answers any model name, forwarded as
+    sent. Reloads live."""
+    pools: dict[str, PoolConfig] = {}
+    """more cloud pools by name, each with every key of `cloud` above, e.g.
+    gpu-a: {endpoints: [http://10.0.0.5:8000], api_key_env: A_KEY, health_path: /health}
+    Only pools a catalog model names are started. Reloads live: an unchanged pool keeps its
+    breakers; a changed one is rebuilt"""
     models: ModelsConfig = ModelsConfig()
+    """the catalog: what clients may ask for. Reloads live (SIGHUP, POST /admin/reload, or saving
+    the file)
+    """
     edge: EdgeConfig = EdgeConfig()
+    """the edge node(s): an OpenAI-compatible server on this gateway's GPU"""
     policy: PolicyConfig = PolicyConfig()
+    """hot or cold: see docs/architecture.md"""
     cache: CacheConfig = CacheConfig()
+    """the edge response cache (answers to deterministic requests)"""
     admin: AdminConfig = AdminConfig()
+    """the admin API (/admin/*) and the dashboard"""
     fleet: FleetConfig = FleetConfig()
+    """one policy for many gateways, through one Redis per fleet"""
     tenants: TenantsConfig = TenantsConfig()
+    """who may ask, and how much"""
     cost: CostConfig = CostConfig()
+    """prices for the cost estimate (metrics, dashboard, demo summary)"""
     dashboard: DashboardConfig = DashboardConfig()
+    """GET /dashboard (admin token: /dashboard?token=... sets a cookie)"""
     logging: LoggingConfig = LoggingConfig()
+    """what the router logs"""
 
     @field_validator("pools")
     @classmethod
@@ -390,20 +613,62 @@ class RouterConfig(_Frozen):
         return self
 
 
-# Environment variables and the config path each one sets (comma-separated lists allowed).
-ENVIRONMENT = {
-    "HOTCOLD_HOST": ("server", "host"),
-    "HOTCOLD_PORT": ("server", "port"),
-    "HOTCOLD_CLOUD_ENDPOINTS": ("cloud", "endpoints"),
-    "HOTCOLD_EDGE_ENDPOINT": ("edge", "endpoints"),
-    "HOTCOLD_CACHE_ENTRIES": ("cache", "entries"),
-    "HOTCOLD_ADMIN_TOKEN": ("admin", "token"),
-    "HOTCOLD_REDIS_URL": ("fleet", "redis_url"),
-    "HOTCOLD_FLEET": ("fleet", "name"),
-    "HOTCOLD_ROUTER_ID": ("fleet", "router_id"),
-    "HOTCOLD_LOG_LEVEL": ("logging", "level"),
-}
-_LIST_KEYS = {("cloud", "endpoints"), ("edge", "endpoints")}
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One leaf of the configuration, as declared: its path, type, default, description
+    (the field's docstring), and the environment variable and flag that set it, if any."""
+
+    path: tuple[str, ...]
+    info: FieldInfo
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        extra = self.info.json_schema_extra
+        return extra if isinstance(extra, dict) else {}
+
+    @property
+    def env(self) -> str | None:
+        value = self.extra.get("env")
+        return value if isinstance(value, str) else None
+
+    @property
+    def flag(self) -> str | None:
+        value = self.extra.get("flag")
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_list(self) -> bool:
+        return get_origin(self.info.annotation) is tuple
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    return (
+        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    )
+
+
+def declared_settings(
+    model: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()
+) -> list[Setting]:
+    """Every leaf setting in declaration order; sections (nested models) are walked into."""
+    settings: list[Setting] = []
+    for name, info in (model or RouterConfig).model_fields.items():
+        section = _section(info.annotation)
+        if section is not None:
+            settings.extend(declared_settings(section, (*prefix, name)))
+        else:
+            settings.append(Setting((*prefix, name), info))
+    return settings
+
+
+# Environment variables and the config path each one sets (lists: comma-separated), derived
+# from the declarations above.
+ENVIRONMENT = {s.env: s.path for s in declared_settings() if s.env is not None}
+_LIST_KEYS = {s.path for s in declared_settings() if s.is_list}
 
 
 def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
