@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,18 +44,19 @@ async def test_cloud_dying_mid_stream_ends_the_stream_with_an_sse_error_event(
         ) as response,
     ):
         assert response.status == 200
-        killed_at = None
-        async for line in response.content:
-            if not line.startswith(b"data: "):
-                continue
-            payload = line[6:].strip()
-            events.append(payload if payload == b"[DONE]" else orjson.loads(payload))
-            if killed_at is None and len(events) >= 3:
-                cloud.kill()  # the cloud machine dies with the stream half sent
-                killed_at = time.monotonic()
-        assert killed_at is not None
-        ended_after = time.monotonic() - killed_at
-    assert ended_after < 5, "the client was left hanging"
+        killed = False
+        # The stream must end (an error event, then a clean end), not hang: a hang fails here
+        # at this generous deadline, far beyond the router's own stream idle timeout.
+        async with asyncio.timeout(60):
+            async for line in response.content:
+                if not line.startswith(b"data: "):
+                    continue
+                payload = line[6:].strip()
+                events.append(payload if payload == b"[DONE]" else orjson.loads(payload))
+                if not killed and len(events) >= 3:
+                    cloud.kill()  # the cloud machine dies with the stream half sent
+                    killed = True
+        assert killed
     errors = [e for e in events if isinstance(e, dict) and "error" in e]
     assert errors and errors[-1]["error"]["code"] == "stream_broken", events[-3:]
 

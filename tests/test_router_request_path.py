@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import msgpack
@@ -161,31 +160,34 @@ async def _served(url: str, at_least: float) -> bool:
 
 
 async def test_all_stubs_down_answers_503_fast(router: RouterFactory, processes) -> None:
+    """Refused connections fail at once: 503 with Retry-After, not a wait for the deadline
+    (which would answer 504 deadline_exceeded)."""
     dead = [processes("cloud_stub"), processes("cloud_stub")]  # never started: refused
     front = await router([p.url for p in dead], server={"request_deadline_s": 5})
     async with aiohttp.ClientSession() as session:
         for _ in range(5):
-            started = time.monotonic()
             async with session.post(front.url + "/v1/chat/completions", json=CHAT) as response:
                 document = await response.json()
                 assert response.status == 503
                 assert response.headers["Retry-After"].isdigit()
                 assert response.headers["X-Served-By"] == "router"
             assert set(document["error"]) >= {"message", "type", "code"}
-            assert time.monotonic() - started < 5
+            assert document["error"]["code"] != "deadline_exceeded"
 
 
 async def test_slow_pool_answers_504_within_deadline(
     stub: StubFactory, router: RouterFactory
 ) -> None:
+    """The deadline answers, not the upstream: a 5 s upstream and a 0.5 s deadline give 504
+    deadline_exceeded (without the deadline the stub would have answered 200)."""
     slow = await stub(ttft_ms=5000)
     front = await router([slow.url], server={"request_deadline_s": 0.5})
-    async with aiohttp.ClientSession() as session:
-        started = time.monotonic()
-        async with session.post(front.url + "/v1/chat/completions", json=CHAT) as response:
-            assert response.status == 504
-            assert (await response.json())["error"]["code"] == "deadline_exceeded"
-        assert time.monotonic() - started < 2
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(front.url + "/v1/chat/completions", json=CHAT) as response,
+    ):
+        assert response.status == 504
+        assert (await response.json())["error"]["code"] == "deadline_exceeded"
 
 
 async def test_injected_errors_are_retried_on_another_endpoint(
@@ -253,14 +255,13 @@ async def test_stream_disconnect_frees_upstream_slot(
         await response.content.readuntil(b"\n\n")  # the first event has arrived
         assert state.admission.active == 1
         response.close()  # the client goes away
-        await wait_for(lambda: state.admission.active == 0, 3, message="the slot to be freed")
+        await wait_for(lambda: state.admission.active == 0, 10, message="the slot to be freed")
         assert state.metrics.cancelled._value.get() >= 1
-        started = time.monotonic()
         async with session.post(
             front.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 2}
         ) as response:
             assert response.status == 200
-        assert time.monotonic() - started < 5
+        assert state.admission.waiting == 0  # it took the freed slot, nobody queued
 
 
 async def test_nonstream_disconnect_cancels_upstream(
