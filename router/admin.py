@@ -33,27 +33,14 @@ from hotcold.wire import (
     ServiceUnavailable,
     Unauthorized,
 )
-from router.parts import RouterParts, parts_of
+from router.dashboard import dashboard_data, dashboard_page
+from router.parts import parts_of
 from router.policy import PolicyError
 from router.policy_manager import StoreUnavailable, VersionConflict
+from router.sessions import COOKIE
 from router.tenants import bearer_token
 
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
-
-
-def fleet_status(parts: RouterParts) -> dict[str, Any]:
-    if parts.fleet is None:
-        return {"configured": False, "state": "standalone"}
-    return parts.fleet.status()
-
-
-def require_admin(request: web.Request, token: str | None) -> None:
-    """Constant-time check of the admin bearer token (open mode when none is configured)."""
-    if token is None:
-        return
-    offered = bearer_token(request)
-    if offered is None or not hmac.compare_digest(offered.encode(), token.encode()):
-        raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
 
 
 def _etag(version: int) -> dict[str, str]:
@@ -79,7 +66,7 @@ def policy_document(request: web.Request) -> dict[str, Any]:
             "max_inflight": state.config.edge.max_inflight,
             "takes_hot_traffic": state.dispatcher.edge_can_take(),
         },
-        "fleet": fleet_status(state),
+        "fleet": state.fleet_status(),
         "mode": "open (no admin token configured)" if state.config.admin.token is None else "token",
     }
 
@@ -137,7 +124,7 @@ async def put_policy(request: web.Request) -> web.Response:
 
 
 async def get_fleet(request: web.Request) -> web.Response:
-    return respond(request, fleet_status(parts_of(request)))
+    return respond(request, parts_of(request).fleet_status())
 
 
 async def memory(request: web.Request) -> web.Response:
@@ -178,16 +165,46 @@ async def reload_config(request: web.Request) -> web.Response:
     return respond(request, document, status=200 if result.ok else 422)
 
 
+def _valid_token(offered: str | None, token: str) -> bool:
+    return offered is not None and hmac.compare_digest(offered.encode(), token.encode())
+
+
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One check for every admin route: the admin bearer token (open mode without one)."""
-    require_admin(request, parts_of(request).config.admin.token)
-    return await handler(request)
+    """One check for every admin route and the dashboard: the admin bearer token, or the
+    session cookie a browser got for it (router/sessions.py). ``?token=<admin token>`` logs a
+    browser in: a valid token gets a session cookie and a redirect to the same page without
+    the token in its address; an invalid one gets 401 and no cookie. Open mode without a
+    token."""
+    parts = parts_of(request)
+    token = parts.config.admin.token
+    if token is None or _valid_token(bearer_token(request), token):
+        return await handler(request)
+    now = parts.clock.now()
+    if "token" in request.query:
+        if not _valid_token(request.query["token"], token):
+            raise Unauthorized("the admin token is not valid")
+        response = web.HTTPFound(request.path)
+        response.set_cookie(
+            COOKIE,
+            parts.sessions.issue(now),
+            max_age=int(parts.sessions.ttl_s),
+            path="/admin",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure or None,
+        )
+        raise response
+    if parts.sessions.valid(request.cookies.get(COOKIE), now):
+        return await handler(request)
+    raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
 
 
 def admin_app() -> web.Application:
-    """The admin API, mounted under ``/admin`` behind :func:`admin_auth`."""
+    """The admin API and the dashboard, mounted under ``/admin`` behind :func:`admin_auth`."""
     admin = web.Application(middlewares=[admin_auth])
+    admin.router.add_get("/dashboard", dashboard_page)
+    admin.router.add_get("/dashboard/data", dashboard_data)
     admin.router.add_get("/policy", get_policy)
     admin.router.add_put("/policy", put_policy)
     admin.router.add_get("/fleet", get_fleet)

@@ -27,7 +27,7 @@ from router.clock import Clock, MonotonicClock
 from router.config import ConfigLayers, RouterConfig
 from router.config_watch import watch_config
 from router.cost import CostEstimate, estimate_cost
-from router.dashboard import DashboardRecorder, dashboard_data, dashboard_page, favicon
+from router.dashboard import DashboardRecorder, favicon, moved_to_admin
 from router.dispatch import Dispatcher
 from router.fleet import FleetSync
 from router.handlers import (
@@ -48,6 +48,7 @@ from router.parts import PARTS, RouterParts
 from router.policy import effective_values, values_from_config
 from router.policy_manager import PolicyManager, pin_rules, threshold_params
 from router.pools import Pools
+from router.sessions import AdminSessions
 from router.sketch import FrequencySketch, width_for
 from router.tenants import Authenticator, TenantLimiter
 from router.threshold import ThresholdController
@@ -163,6 +164,7 @@ async def build_parts(
             dispatcher=dispatcher,
             fleet=fleet,
             dashboard=recorder,
+            sessions=AdminSessions(),
         )
         metrics.watch_policy(lambda: parts)
         metrics.watch_cost(cost)
@@ -236,8 +238,8 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.add_subapp("/admin", admin_app())
-    app.router.add_get("/dashboard", dashboard_page)
-    app.router.add_get("/dashboard/data", dashboard_data)
+    app.router.add_get("/dashboard", moved_to_admin)
+    app.router.add_get("/dashboard/data", moved_to_admin)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/openapi.json", openapi_json)
     return app

@@ -22,13 +22,11 @@ import orjson
 from aiohttp import web
 
 from hotcold.http import respond
-from router.admin import fleet_status, require_admin
 from router.cost import CostEstimate
 from router.handlers import pool_snapshot
 from router.metrics import RouterMetrics
 from router.parts import parts_of
 
-ADMIN_COOKIE = "hotcold_admin"
 WINDOW_S = 10.0  # latency percentiles over the last 10 s
 
 
@@ -111,23 +109,8 @@ async def _edge_health(session: aiohttp.ClientSession, url: str) -> dict[str, An
     return None
 
 
-def _require_admin_or_cookie(request: web.Request) -> None:
-    """The admin token as a bearer header, or as the cookie that ``/dashboard?token=`` sets
-    (a browser cannot send a bearer header when it opens a page)."""
-    token = parts_of(request).config.admin.token
-    cookie = request.cookies.get(ADMIN_COOKIE)
-    if token is not None and cookie is not None and "Authorization" not in request.headers:
-        request = request.clone(headers={**request.headers, "Authorization": f"Bearer {cookie}"})
-    require_admin(request, token)
-
-
 async def dashboard_page(request: web.Request) -> web.StreamResponse:
-    offered = request.query.get("token")
-    if offered is not None:  # move the token from the URL into an HttpOnly cookie
-        response = web.HTTPFound("/dashboard")
-        response.set_cookie(ADMIN_COOKIE, offered, httponly=True, samesite="Strict")
-        raise response
-    _require_admin_or_cookie(request)
+    """The page, under /admin (its login: router/admin.py's middleware)."""
     page = resources.files("router").joinpath("static/dashboard.html").read_bytes()
     return web.Response(
         body=page,
@@ -142,13 +125,18 @@ _CSP = (
 )
 
 
+async def moved_to_admin(request: web.Request) -> web.StreamResponse:
+    """``/dashboard`` (and its data) live under ``/admin`` now, behind the admin middleware;
+    the old address, ``?token=`` included, still works."""
+    raise web.HTTPTemporaryRedirect("/admin" + request.path_qs)
+
+
 async def favicon(request: web.Request) -> web.Response:
     """Browsers ask for it on every page of this origin (the API's error pages too)."""
     return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
 
 
 async def dashboard_data(request: web.Request) -> web.Response:
-    _require_admin_or_cookie(request)
     state = parts_of(request)
     recorder = state.dashboard
     metrics = recorder.metrics
@@ -185,7 +173,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
             "saved": round(cost.saved, 6),
             "saved_fraction": round(cost.saved_fraction, 4),
         },
-        "fleet": fleet_status(state),
+        "fleet": state.fleet_status(),
         "policy_version": state.manager.document.version,
     }
     return respond(request, document, headers={"Cache-Control": "no-store"})

@@ -15,7 +15,6 @@ from hotcold.wire import (
     parse_completion_request,
     parse_embedding_request,
 )
-from router.admin import fleet_status
 from router.parts import parts_of
 from router.upstream import UpstreamPool
 
@@ -101,7 +100,7 @@ async def readyz(request: web.Request) -> web.Response:
             "endpoints": edge.snapshot() if edge is not None else [],
         },
         # Reported, never deciding: a router without Redis serves on its last policy.
-        "fleet": fleet_status(parts_of(request)),
+        "fleet": parts_of(request).fleet_status(),
     }
     return respond(request, document, status=200 if cloud_ready else 503)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +19,7 @@ from router.dispatch import Dispatcher
 from router.metrics import RouterMetrics
 from router.models import ModelRoutes
 from router.policy_manager import PolicyManager
+from router.sessions import AdminSessions
 from router.sketch import FrequencySketch
 from router.tenants import TenantLimiter
 from router.threshold import ThresholdController
@@ -52,6 +53,7 @@ class RouterParts:
     dispatcher: Dispatcher
     fleet: FleetSync | None
     dashboard: DashboardRecorder
+    sessions: AdminSessions  # the dashboard's login cookies
     in_flight: InFlight = field(default_factory=InFlight)
 
     # What the metrics collector and the admin API read (router.metrics.PolicyView).
@@ -74,6 +76,12 @@ class RouterParts:
     @property
     def reloads(self) -> Mapping[str, int]:
         return self.manager.reloads
+
+    def fleet_status(self) -> dict[str, Any]:
+        """The fleet's state for /readyz, the admin API and the dashboard."""
+        if self.fleet is None:
+            return {"configured": False, "state": "standalone"}
+        return self.fleet.status()
 
 
 PARTS = web.AppKey("parts", RouterParts)

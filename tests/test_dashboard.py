@@ -178,3 +178,50 @@ async def test_json_logs_carry_the_request_id_of_the_answer(
     assert access and access[0]["logger"] == "hotcold.access"
     assert access[0]["route"] == "cold" and access[0]["served_by"] == "cloud"
     assert access[0]["status"] == 200 and access[0]["latency_ms"] > 0
+
+
+async def test_the_dashboard_login_cookie_is_a_session_not_the_token(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    token = "dashboard-admin-token"
+    server = await router([(await stub()).url], admin={"token": token})
+    jar = aiohttp.CookieJar(unsafe=True)  # loopback addresses keep their cookies
+    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+        async with session.get(
+            server.url + "/dashboard?token=wrong-token-of-16+", allow_redirects=True
+        ) as response:
+            assert response.status == 401
+        assert len(jar) == 0  # a wrong token gets no cookie
+        async with session.get(
+            server.url + f"/dashboard?token={token}", allow_redirects=False
+        ) as response:
+            assert response.status == 307  # the old address moved under /admin
+            assert response.headers["Location"] == f"/admin/dashboard?token={token}"
+        async with session.get(
+            server.url + f"/admin/dashboard?token={token}", allow_redirects=False
+        ) as response:
+            assert response.status == 302 and response.headers["Location"] == "/admin/dashboard"
+            cookie = response.cookies["hotcold_admin_session"]
+            assert cookie.value != token and token not in cookie.value
+            assert cookie["httponly"] and cookie["samesite"] == "Strict"
+            assert int(cookie["max-age"]) > 0 and cookie["path"] == "/admin"
+        async with session.get(server.url + "/admin/dashboard/data") as response:
+            assert response.status == 200  # the session cookie lets the page read its data
+        async with session.get(server.url + "/admin/policy") as response:
+            assert response.status == 200
+    async with aiohttp.ClientSession() as stranger:
+        forged = {"hotcold_admin_session": "9999999999.0000"}
+        async with stranger.get(server.url + "/admin/policy", cookies=forged) as response:
+            assert response.status == 401
+
+
+def test_sessions_expire_and_cannot_be_forged() -> None:
+    from router.sessions import AdminSessions
+
+    sessions = AdminSessions(ttl_s=60, key=b"k" * 32)
+    cookie = sessions.issue(now=1000.0)
+    assert sessions.valid(cookie, 1059.0) and not sessions.valid(cookie, 1060.5)
+    expiry, _, signature = cookie.rpartition(".")
+    assert not sessions.valid(f"{float(expiry) + 3600}.{signature}", 1001.0)
+    assert not AdminSessions(key=b"x" * 32).valid(cookie, 1001.0)
+    assert not sessions.valid("not-a-cookie", 1001.0) and not sessions.valid(None, 1001.0)
