@@ -122,7 +122,7 @@ async def build_parts(
         classifier, cache = build_policy(config, clock)
         fleet = None
         if config.fleet.redis_url is not None:
-            fleet = FleetSync(config.fleet, classifier.sketch)
+            fleet = FleetSync(config.fleet, classifier.sketch, clock=clock)
         manager = PolicyManager(layers, config, classifier, clock, routes.apply, fleet)
         limiter = TenantLimiter(config.tenants, config.edge.max_inflight)
         dispatcher = Dispatcher(
