@@ -8,12 +8,11 @@ With a handful of GPU servers, looking at every member is cheap, and outstanding
 best signal of a GPU server's queue we have without asking it.
 
 Ejection: a circuit breaker per endpoint (:mod:`router.breaker`) counts transport errors, 5xx
-and timeouts. An ejected endpoint is probed back in by a background task that sends
-``GET <health_path>`` once its open period has passed (half-open: ``/healthz`` by default,
-``/health`` for vLLM and its router, ``/v1/models`` for hosted APIs that have neither, with
-the endpoint's credentials); it is only ever probed while
-ejected, and ``/readyz`` probes members that have been quiet for ``stale_after_s``: health
-checking is passive first and lazy (redis-py's health-check habit).
+and timeouts. An ejected endpoint is probed back in by :mod:`router.health` on the pool's
+``health_path`` (``/healthz`` by default, ``/health`` for vLLM and its router, ``/v1/models``
+for hosted APIs that have neither, with the endpoint's credentials); it is only ever probed
+while ejected, and ``/readyz`` probes members that have been quiet for ``stale_after_s``:
+health checking is passive first and lazy (redis-py's health-check habit).
 
 Retries: the router retries on another endpoint, with full-jitter backoff, when
 
@@ -41,15 +40,16 @@ from typing import Any
 
 import aiohttp
 
-from router.breaker import BreakerParams, BreakerState, CircuitBreaker
+from router.breaker import BreakerParams, CircuitBreaker
 from router.clock import Clock
 from router.config import PoolConfig
+from router.endpoint import Endpoint, Lease
 from router.errors import DeadlineExceeded, NoHealthyUpstream, UpstreamFailed
+from router.health import PoolHealth
 from router.retry import Backoff, FullJitterBackoff
 
 log = logging.getLogger("hotcold.upstream")
 
-EWMA_ALPHA = 0.2  # weight of the newest latency sample
 MAX_BUSY_S = 5.0  # never skip a busy endpoint for longer than this, whatever it asks
 DEFAULT_BUSY_S = 1.0  # when a 503/429 carries no usable Retry-After
 
@@ -63,46 +63,6 @@ class _Retryable(Exception):
 
 class StreamBroken(Exception):
     """The upstream stream ended abnormally after relaying had started."""
-
-
-class Endpoint:
-    """One upstream server and what we know of its health and load."""
-
-    def __init__(
-        self, url: str, breaker: CircuitBreaker, headers: dict[str, str] | None = None
-    ) -> None:
-        self.url = url
-        self.breaker = breaker
-        self.headers = headers or {"Content-Type": "application/json"}  # credentials included
-        self.outstanding = 0
-        self.latency_ewma_s: float | None = None
-        self.busy_until = 0.0
-        self.last_ok_at: float | None = None
-        self.last_error: str | None = None
-
-    def observe_ok(self, latency_s: float, now: float) -> None:
-        self.breaker.record_success()
-        self.last_ok_at = now
-        if self.latency_ewma_s is None:
-            self.latency_ewma_s = latency_s
-        else:
-            self.latency_ewma_s += EWMA_ALPHA * (latency_s - self.latency_ewma_s)
-
-    def observe_failure(self, reason: str) -> None:
-        self.breaker.record_failure()
-        self.last_error = reason
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "state": self.breaker.state.value,
-            "outstanding": self.outstanding,
-            "latency_ewma_ms": None
-            if self.latency_ewma_s is None
-            else round(self.latency_ewma_s * 1000, 2),
-            "times_ejected": self.breaker.times_opened,
-            "last_error": self.last_error,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +82,7 @@ class UpstreamStream:
         self,
         pool: UpstreamPool,
         endpoint: Endpoint,
+        lease: Lease,
         response: aiohttp.ClientResponse,
         first: bytes,
         attempts: int,
@@ -131,6 +92,7 @@ class UpstreamStream:
         self.queue_ms = _queue_ms(response)
         self._pool = pool
         self._endpoint = endpoint
+        self._lease = lease
         self._response = response
         self._first = first
         self._closed = False
@@ -156,7 +118,7 @@ class UpstreamStream:
         if self._closed:
             return
         self._closed = True
-        self._endpoint.outstanding -= 1
+        self._lease.release()
         if error is None:
             self._endpoint.breaker.record_success()
             self._response.release()
@@ -172,7 +134,7 @@ class UpstreamStream:
         if self._closed:
             return
         self._closed = True
-        self._endpoint.outstanding -= 1
+        self._lease.release()
         self._endpoint.breaker.release_trial()
         self._response.close()
         self._pool.observe(self._endpoint.url, "cancelled")
@@ -209,7 +171,7 @@ class UpstreamPool:
             Endpoint(url, CircuitBreaker(params, clock), _headers(keys.get(url) or literal))
             for url in config.endpoints
         ]
-        self._probing: set[str] = set()
+        self.health = PoolHealth(name, self.endpoints, config, session, clock, self.observe)
 
     # ---- selection -------------------------------------------------------------------
 
@@ -317,7 +279,7 @@ class UpstreamPool:
         stream: bool,
         attempt: int,
     ) -> UpstreamReply | UpstreamStream:
-        endpoint.outstanding += 1
+        lease = Lease(endpoint)
         endpoint.breaker.on_attempt()
         started = self._clock.now()
         response: aiohttp.ClientResponse | None = None
@@ -351,7 +313,7 @@ class UpstreamPool:
                     endpoint.observe_ok(self._clock.now() - started, self._clock.now())
                     handed_over = True
                     outcome = "ok"
-                    return UpstreamStream(self, endpoint, response, first, attempt)
+                    return UpstreamStream(self, endpoint, lease, response, first, attempt)
                 payload = await response.read()
             if status < 400:
                 endpoint.observe_ok(self._clock.now() - started, self._clock.now())
@@ -387,7 +349,7 @@ class UpstreamPool:
             raise
         finally:
             if not handed_over:
-                endpoint.outstanding -= 1
+                lease.release()
                 if response is not None:
                     if outcome in ("ok", "client_error"):
                         response.release()
@@ -395,64 +357,16 @@ class UpstreamPool:
                         response.close()
             self.observe(endpoint.url, outcome)
 
-    # ---- health --------------------------------------------------------------------------
+    # ---- health (router/health.py) --------------------------------------------------------
 
     async def probe(self, endpoint: Endpoint) -> bool:
-        """One active health check; its verdict goes to the endpoint's breaker."""
-        if endpoint.url in self._probing:
-            return endpoint.breaker.state is BreakerState.CLOSED
-        self._probing.add(endpoint.url)
-        endpoint.breaker.on_attempt()
-        try:
-            async with self._session.get(
-                endpoint.url + self.config.health_path,
-                headers=endpoint.headers,
-                timeout=aiohttp.ClientTimeout(total=self.config.health.probe_timeout_s),
-            ) as response:
-                await response.read()
-                healthy = response.status == 200
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            healthy = False
-            endpoint.last_error = f"health probe failed: {exc!r}"
-        finally:
-            self._probing.discard(endpoint.url)
-        if healthy:
-            if endpoint.breaker.state is not BreakerState.CLOSED:
-                log.info("%s endpoint %s is back", self.name, endpoint.url)
-            endpoint.breaker.record_success()
-            endpoint.last_ok_at = self._clock.now()
-        else:
-            endpoint.breaker.record_failure()
-        self.observe(endpoint.url, "probe_ok" if healthy else "probe_failed")
-        return healthy
+        return await self.health.probe(endpoint)
 
     async def run_prober(self) -> None:
-        """Background task: probe ejected endpoints whose open period has passed."""
-        interval = self.config.health.probe_interval_s
-        while True:
-            due = [
-                endpoint
-                for endpoint in self.endpoints
-                if endpoint.breaker.state is BreakerState.HALF_OPEN
-                and endpoint.breaker.allows_request()
-            ]
-            if due:
-                await asyncio.gather(*(self.probe(endpoint) for endpoint in due))
-            await asyncio.sleep(interval)
+        await self.health.run_prober()
 
     async def check_ready(self) -> bool:
-        """Ready when at least one endpoint is healthy; quiet ones are probed first."""
-        now = self._clock.now()
-        stale_after = self.config.health.stale_after_s
-        stale = [
-            endpoint
-            for endpoint in self.endpoints
-            if endpoint.breaker.state is BreakerState.CLOSED
-            and (endpoint.last_ok_at is None or now - endpoint.last_ok_at > stale_after)
-        ]
-        if stale:
-            await asyncio.gather(*(self.probe(endpoint) for endpoint in stale))
-        return any(e.breaker.state is BreakerState.CLOSED for e in self.endpoints)
+        return await self.health.check_ready()
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [endpoint.snapshot() for endpoint in self.endpoints]

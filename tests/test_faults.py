@@ -161,3 +161,33 @@ async def test_sigterm_under_load_answers_every_accepted_request(
         statuses = await asyncio.gather(*requests)
     assert statuses == [200] * 40
     assert front.proc.wait(timeout=15) == 0
+
+
+async def test_a_healed_pool_answers_on_its_first_good_probe(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    """Breakers open for 300 s (doubling on every failed trial), yet once the fault clears
+    the next probe (every 0.1 s) takes the endpoints back: clients do not wait out the
+    open period, and nothing is sent to an endpoint while its breaker is open."""
+    stubs = [await stub(), await stub()]
+    front = await router(
+        [s.url for s in stubs],
+        cloud={
+            "breaker": {"failure_threshold": 1, "open_s": 300, "max_open_s": 300},
+            "health": {"probe_interval_s": 0.1, "probe_timeout_s": 0.5},
+        },
+    )
+    async with aiohttp.ClientSession() as session:
+        for each in stubs:
+            await session.post(each.url + "/admin/faults", json={"error_rate": 1.0})
+        for _ in range(3):
+            async with session.post(front.url + "/v1/chat/completions", json=chat("x")) as r:
+                assert r.status in (500, 503)
+        for each in stubs:
+            await session.post(each.url + "/admin/faults", json={"error_rate": 0.0})
+
+        async def answered() -> bool:
+            async with session.post(front.url + "/v1/chat/completions", json=chat("y")) as r:
+                return r.status == 200
+
+        await wait_for(answered, timeout_s=20, message="the healed pool to answer")
