@@ -153,14 +153,14 @@ class Dispatcher:
         now = self._clock.now()
         model = self.routes.catalog.resolve(request.params.model, request.kind)
         limits = self._config.server
-        output = request.params.output_limit()
-        if output is not None and output > limits.max_tokens_ceiling:
-            raise InvalidField(
-                f"max_tokens {output} is over this gateway's ceiling of "
-                f"{limits.max_tokens_ceiling}",
-                code="max_tokens_too_large",
-                param="max_tokens",
-            )
+        for field, value in request.params.output_fields().items():  # each one checked
+            if value > limits.max_tokens_ceiling:
+                raise InvalidField(
+                    f"{field} {value} is over this gateway's ceiling of "
+                    f"{limits.max_tokens_ceiling}",
+                    code="max_tokens_too_large",
+                    param=field,
+                )
         prompt = request.prompt_text()
         if len(prompt) > limits.max_prompt_chars:
             raise BadRequest(
@@ -239,6 +239,10 @@ class Dispatcher:
         deadline_at: float,
     ) -> tuple[web.StreamResponse, CachedAnswer | None]:
         document = request.body
+        output_fields = request.params.output_fields()
+        if len(output_fields) > 1:  # both given: the upstream gets the one bound the client has
+            bound = request.params.output_limit()
+            document = {**document, **dict.fromkeys(output_fields, bound)}
         if request.stream and not request.params.include_usage():
             document = {**document, "stream_options": {"include_usage": True}}
         headers = {"X-Request-Id": http.get(REQUEST_ID, "")}

@@ -201,3 +201,72 @@ async def test_batch_prompt_is_400(front: Server) -> None:
     )
     assert status == 400
     _assert_error_shape(document)
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [253, 2_000])
+@pytest.mark.parametrize("where", ["metadata", "message_extra", "forwarded_field"])
+@pytest.mark.parametrize("as_msgpack", [False, True])
+async def test_deep_nesting_anywhere_is_400_not_500(
+    front: Server, caplog: pytest.LogCaptureFixture, depth: int, where: str, as_msgpack: bool
+) -> None:
+    """~1.3 KB nested 253 levels deep inside metadata used to answer 500 and log a traceback
+    (orjson's encoder stops at 254 levels when the router canonicalised the request)."""
+    import orjson
+
+    deep = _nested(depth)
+    body: dict[str, object] = {**CHAT}
+    if where == "metadata":
+        body["metadata"] = deep
+    elif where == "message_extra":
+        body["messages"] = [{"role": "user", "content": "x", "extra": deep}]
+    else:
+        body["guided_json"] = deep
+    if as_msgpack:
+        if depth > 1000:
+            return  # msgpack's own packer refuses such depth; the JSON case covers it
+        raw, kind = msgpack.packb(body), "application/msgpack"
+    else:
+        raw, kind = (
+            orjson.dumps(body) if depth < 250 else _deep_json(where, depth),
+            "application/json",
+        )
+    status, document = await _post(front.url, raw, kind)
+    assert status == 400, document
+    _assert_error_shape(document)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def _deep_json(where: str, depth: int) -> bytes:
+    """JSON deeper than orjson will encode, written by hand."""
+    inner = b'{"a":' * depth + b"1" + b"}" * depth
+    if where == "message_extra":
+        return b'{"model":"m","messages":[{"role":"user","content":"x","extra":' + inner + b"}]}"
+    field = b"metadata" if where == "metadata" else b"guided_json"
+    return (
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"' + field + b'":' + inner + b"}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_completion_tokens": 5, "max_tokens": 1e9}, "max_tokens"),
+        ({"max_completion_tokens": 5, "max_tokens": 1_000_000_000}, "max_tokens"),
+        ({"max_tokens": 5, "max_completion_tokens": 1_000_000_000}, "max_completion_tokens"),
+    ],
+)
+async def test_no_output_bound_slips_past_the_ceiling(
+    front: Server, fields: dict[str, object], param: str
+) -> None:
+    import orjson
+
+    status, document = await _post(front.url, orjson.dumps({**CHAT, **fields}))
+    assert status == 400
+    assert _assert_error_shape(document)["param"] == param

@@ -515,3 +515,14 @@ async def test_a_new_pool_answers_once_its_prober_sees_it(stub: StubFactory) -> 
             await wait_for(answers, timeout_s=15, message="the healed endpoint to answer")
     finally:
         await front.close()
+
+
+async def test_the_upstream_gets_the_one_output_bound_the_client_has(
+    fleet: dict[str, Any],
+) -> None:
+    client = async_sdk(fleet["router"])
+    await client.chat.completions.create(
+        model="chat-large", messages=HI, max_tokens=7, max_completion_tokens=5
+    )
+    forwarded = fleet["a"].bodies()[-1]
+    assert forwarded["max_tokens"] == forwarded["max_completion_tokens"] == 5

@@ -19,8 +19,10 @@ JSON_TYPE = "application/json"
 MSGPACK_TYPE = "application/msgpack"
 _MSGPACK_ALIASES = frozenset({MSGPACK_TYPE, "application/x-msgpack", "application/vnd.msgpack"})
 _JSON_ALIASES = frozenset({JSON_TYPE, "text/json"})
-# msgpack nesting deeper than this is refused: a body is a handful of levels deep, and a
-# deep one is either a mistake or an attack on the decoder's recursion.
+# Nesting deeper than this is refused (JSON and msgpack alike), 400 at parse time: a body is a
+# handful of levels deep (tool schemas, response formats, metadata reach a dozen), and a deep
+# one is either a mistake or an attack on whatever recurses over it later (orjson's encoder
+# stops at 254 levels: a 253-deep `metadata` used to answer 500).
 MAX_NESTING = 64
 
 
@@ -44,6 +46,7 @@ def decode_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
             document = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"malformed JSON body: {exc}", code="malformed_json") from exc
+        check_depth(document)
     else:
         raise UnsupportedMediaType(
             f"Content-Type {content_type!r} is not supported: send {JSON_TYPE} or {MSGPACK_TYPE}"
@@ -53,6 +56,23 @@ def decode_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
             f"the body must be an object, got {type(document).__name__}", code="not_an_object"
         )
     return document
+
+
+def check_depth(document: Any, limit: int = MAX_NESTING) -> None:
+    """400 ``too_deep`` past ``limit`` levels of objects and arrays; iterative, so the check
+    itself cannot run out of stack however deep the document is."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth >= limit:
+            raise BadRequest(f"the body is nested deeper than {limit} levels", code="too_deep")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _decode_msgpack(raw: bytes) -> Any:

@@ -26,6 +26,7 @@ MAX_STOP_LENGTH = 256
 MAX_MODEL_NAME = 256
 MAX_CHOICES = 128  # OpenAI's bound on ``n``
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on the inputs of one embeddings request
+MAX_OUTPUT_TOKENS = 1 << 31  # a parse-time sanity bound; the gateway's own ceiling is lower
 
 
 class _Strict(BaseModel):
@@ -79,7 +80,7 @@ class _Sampling(_Strict):
     """Fields shared by chat and text completions."""
 
     model: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL_NAME)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
@@ -130,7 +131,7 @@ class _Sampling(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
@@ -142,8 +143,19 @@ class ChatCompletionRequest(_Sampling):
     modalities: list[str] | None = None
 
     def output_limit(self) -> int | None:
-        """``max_completion_tokens`` supersedes ``max_tokens`` in the current API."""
-        return self.max_completion_tokens or self.max_tokens
+        """The output bound the client gets: the smaller of ``max_completion_tokens`` (the
+        current API's name) and ``max_tokens`` (the older one) when both are given, since
+        an upstream may honour either."""
+        limits = [x for x in (self.max_completion_tokens, self.max_tokens) if x is not None]
+        return min(limits) if limits else None
+
+    def output_fields(self) -> dict[str, int]:
+        """The output bounds the client sent, by field name."""
+        fields = {
+            "max_tokens": self.max_tokens,
+            "max_completion_tokens": self.max_completion_tokens,
+        }
+        return {name: value for name, value in fields.items() if value is not None}
 
 
 class CompletionRequest(_Sampling):
@@ -166,6 +178,9 @@ class CompletionRequest(_Sampling):
 
     def output_limit(self) -> int | None:
         return self.max_tokens
+
+    def output_fields(self) -> dict[str, int]:
+        return {} if self.max_tokens is None else {"max_tokens": self.max_tokens}
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, str):
@@ -214,6 +229,9 @@ class EmbeddingRequest(_Strict):
 
     def output_limit(self) -> int | None:
         return None
+
+    def output_fields(self) -> dict[str, int]:
+        return {}
 
     def choices(self) -> int:
         return 1
