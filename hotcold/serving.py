@@ -3,6 +3,20 @@
 Binding the socket ourselves lets port 0 pick a free port whose number we can read back, and
 lets a server stop listening for a while (to simulate refused connections) and listen again
 on the same port without dropping the requests it is serving.
+
+Connections are bounded, so slow or idle clients cannot exhaust a gateway:
+
+- ``idle_timeout_s``: a connection that has not delivered a complete request's headers (a
+  new one, or a kept-alive one between requests) within this time is closed. aiohttp's
+  keep-alive timer runs from the moment a connection opens and is only pushed back by a
+  complete answer, so a client that trickles its headers a byte at a time is closed too.
+- ``max_connections``: past it, a new connection gets an immediate 503 in the OpenAI error
+  shape (``Connection: close``) and is closed: file descriptors stay bounded.
+- The HTTP parser's own errors (a header line over ``max_header_bytes``, more than
+  ``max_headers`` headers, an over-long URL) are answered in the OpenAI error shape with an
+  ``X-Request-Id``, instead of aiohttp's plain text. aiohttp writes such an answer with the
+  HTTP version of the request it could not parse (HTTP/1.0 when the request line itself was
+  bad): clients read it either way, and the connection is closed after it.
 """
 
 from __future__ import annotations
@@ -10,14 +24,80 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from hotcold.wire.errors import error_body
 
 log = logging.getLogger("hotcold.serving")
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
+DEFAULT_IDLE_TIMEOUT_S = 15.0  # s: headers of a request, or the next request on a kept-alive one
+DEFAULT_MAX_CONNECTIONS = 10_000  # open client connections; beyond, 503 and close
+DEFAULT_MAX_HEADERS = 100  # header fields in one request
+
+
+def _json_error(status: int, message: str, code: str, request_id: str) -> web.Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    response = web.Response(
+        status=status,
+        body=orjson.dumps(error_body(message, kind, code)),
+        content_type="application/json",
+        headers={"X-Request-Id": request_id},
+    )
+    response.force_close()
+    return response
+
+
+class _OpenAIErrorHandler(RequestHandler):
+    """aiohttp's request handler, answering its own parse errors in the OpenAI shape."""
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        request_id = uuid.uuid4().hex
+        if status >= 500:
+            self.log_exception("error handling a request [%s]", request_id, exc_info=exc)
+            return _json_error(
+                500, "internal error; it has been logged", "internal_error", request_id
+            )
+        log.info("unparseable request [%s]: %s", request_id, message or exc)
+        reason = message or (str(exc) if exc else "malformed request")
+        return _json_error(
+            status, f"malformed HTTP request: {reason}", "bad_http_request", request_id
+        )
+
+
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection over the cap: one 503 in the OpenAI shape, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        body = orjson.dumps(
+            error_body(
+                "the server is at its connection limit; retry shortly",
+                "service_unavailable",
+                "too_many_connections",
+            )
+        )
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_REFUSAL % (len(body), body))
+        transport.close()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -48,22 +128,32 @@ class Server:
         shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
         handler_cancellation: bool = True,
         max_header_bytes: int = 8190,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.max_connections = max_connections
+        self.refused_connections = 0
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._handler_args: dict[str, Any] = {
+            "access_log": None,
+            "keepalive_timeout": idle_timeout_s,
+            "max_line_size": max_header_bytes,
+            "max_field_size": max_header_bytes,
+            "max_headers": max_headers,
+        }
         # Cancel a handler when its client disconnects, so an abandoned generation stops
         # and frees its slot instead of running to the end for nobody.
         self._runner = web.AppRunner(
             app,
             handler_cancellation=handler_cancellation,
             shutdown_timeout=shutdown_timeout_s,
-            access_log=None,
-            max_line_size=max_header_bytes,
-            max_field_size=max_header_bytes,
+            **self._handler_args,
         )
-        self._site: web.SockSite | None = None
+        self._listener: asyncio.Server | None = None
         self._resume: asyncio.TimerHandle | None = None
 
     @property
@@ -75,17 +165,29 @@ class Server:
         await self._runner.setup()
         await self._listen()
 
+    def _protocol(self) -> asyncio.Protocol:
+        """A handler for a new connection, or a refusal past ``max_connections``."""
+        server = self._runner.server
+        assert server is not None
+        if len(server.connections) >= self.max_connections:
+            self.refused_connections += 1
+            return _Refuse()
+        return _OpenAIErrorHandler(server, loop=asyncio.get_running_loop(), **self._handler_args)
+
     async def _listen(self) -> None:
         sock = bind_socket(self.host, self.port)
         self.port = int(sock.getsockname()[1])
-        self._site = web.SockSite(self._runner, sock, backlog=1024)
-        await self._site.start()
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(self._protocol, sock=sock, backlog=1024)
+
+    async def _stop_listening(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     async def pause_listening(self, seconds: float) -> None:
         """Refuse new connections for a while; connections already open keep working."""
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
+        await self._stop_listening()
         loop = asyncio.get_running_loop()
         if self._resume is not None:
             self._resume.cancel()
@@ -94,6 +196,7 @@ class Server:
     async def close(self) -> None:
         if self._resume is not None:
             self._resume.cancel()
+        await self._stop_listening()
         await self._runner.cleanup()
 
 

@@ -11,7 +11,7 @@ from hotcold.logs import setup_logging
 from hotcold.serving import Server, serve_forever
 from router.app import create_app
 from router.catalog import Catalog
-from router.config import load_layers
+from router.config import ConfigLayers, RouterConfig, load_layers
 from router.errors import ConfigError
 from router.models import pool_configs
 from router.pools import pool_keys
@@ -33,6 +33,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_setting_flags(parser)  # one flag per setting that declares one (router/config.py)
     return parser.parse_args(argv)
+
+
+def build_server(
+    config: RouterConfig, layers: ConfigLayers | None = None, *, handle_signals: bool = False
+) -> Server:
+    """The router's app on its server, with the connection bounds of ``server.*``."""
+    return Server(
+        create_app(config, layers=layers, handle_signals=handle_signals),
+        config.server.host,
+        config.server.port,
+        shutdown_timeout_s=config.server.shutdown_timeout_s,
+        max_header_bytes=config.server.max_header_bytes,
+        max_headers=config.server.max_headers,
+        idle_timeout_s=config.server.idle_timeout_s,
+        max_connections=config.server.max_connections,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,13 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    server = Server(
-        create_app(config, layers=layers, handle_signals=True),
-        config.server.host,
-        config.server.port,
-        shutdown_timeout_s=config.server.shutdown_timeout_s,
-        max_header_bytes=config.server.max_header_bytes,
-    )
+    server = build_server(config, layers, handle_signals=True)
     asyncio.run(serve_forever(server))
     return 0
 

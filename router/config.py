@@ -89,7 +89,16 @@ class ServerConfig(_Frozen):
     body_timeout_s: float = Field(default=10.0, gt=0)
     """a client that has not sent its whole body by then gets 408"""
     max_header_bytes: int = Field(default=8190, ge=1024)
-    """longest request line / header field (aiohttp answers 400)"""
+    """longest request line / header field (400 in the OpenAI error shape)"""
+    max_headers: int = Field(default=100, ge=8, le=1000)
+    """header fields in one request; more: 400 in the OpenAI error shape"""
+    idle_timeout_s: float = Field(default=15.0, gt=0)
+    """seconds a connection may wait for a complete request's headers (a new one, or the next
+    request on a kept-alive one); then it is closed, so slow-header and idle clients cannot
+    hold the gateway's connections"""
+    max_connections: int = Field(default=10_000, ge=1)
+    """open client connections (file descriptors); beyond, a new connection gets an immediate
+    503 too_many_connections and is closed"""
     max_prompt_chars: int = Field(default=200_000, ge=1)
     """a longer prompt is refused: 400 context_length_exceeded"""
     max_tokens_ceiling: int = Field(default=8192, ge=1)
