@@ -56,7 +56,38 @@ def _json_error(status: int, message: str, code: str, request_id: str) -> web.Re
 
 
 class _OpenAIErrorHandler(RequestHandler):
-    """aiohttp's request handler, answering its own parse errors in the OpenAI shape."""
+    """aiohttp's request handler, answering its own parse errors in the OpenAI shape, and
+    closing a new connection whose first request's headers are not complete within
+    ``header_timeout_s`` (later requests on a kept-alive connection are bounded by aiohttp's
+    keep-alive timer, ``idle_timeout_s``)."""
+
+    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout_s = header_timeout_s
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._header_timer = asyncio.get_running_loop().call_later(
+            self._header_timeout_s, self._headers_too_slow
+        )
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._header_timer is not None and self._request_count > 0:
+            self._header_timer.cancel()  # a complete request head has arrived
+            self._header_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._request_count == 0:
+            self.force_close()
 
     def handle_error(
         self,
@@ -117,7 +148,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class Server:
-    """One application listening on one address."""
+    """One application listening on one address.
+
+    ``header_timeout_s``, ``idle_timeout_s`` and ``max_connections`` guard against slow and
+    idle clients (hotcold/connections.py says how); ``max_header_bytes`` bounds the request
+    line and each header line, ``max_headers`` their number.
+    """
 
     def __init__(
         self,
@@ -130,13 +166,17 @@ class Server:
         max_header_bytes: int = 8190,
         max_headers: int = DEFAULT_MAX_HEADERS,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        header_timeout_s: float | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        """``header_timeout_s``: the first request's headers must be complete within it
+        (None: ``idle_timeout_s``)."""
         self.app = app
         self.host = host
         self.port = port
         self.max_connections = max_connections
         self.refused_connections = 0
+        self._header_timeout_s = idle_timeout_s if header_timeout_s is None else header_timeout_s
         self._shutdown_timeout_s = shutdown_timeout_s
         self._handler_args: dict[str, Any] = {
             "access_log": None,
@@ -147,8 +187,10 @@ class Server:
         }
         # Cancel a handler when its client disconnects, so an abandoned generation stops
         # and frees its slot instead of running to the end for nobody.
-        self._runner = web.AppRunner(
+        limits = ConnectionLimits(header_timeout_s, idle_timeout_s, max_connections)
+        self._runner = GuardedRunner(
             app,
+            limits,
             handler_cancellation=handler_cancellation,
             shutdown_timeout=shutdown_timeout_s,
             **self._handler_args,
@@ -161,6 +203,12 @@ class Server:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def connection_count(self) -> int:
+        """Client connections open now."""
+        server = self._runner.server
+        return len(server.open_connections()) if isinstance(server, GuardedServer) else 0
+
     async def start(self) -> None:
         await self._runner.setup()
         await self._listen()
@@ -172,7 +220,12 @@ class Server:
         if len(server.connections) >= self.max_connections:
             self.refused_connections += 1
             return _Refuse()
-        return _OpenAIErrorHandler(server, loop=asyncio.get_running_loop(), **self._handler_args)
+        return _OpenAIErrorHandler(
+            server,
+            loop=asyncio.get_running_loop(),
+            header_timeout_s=self._header_timeout_s,
+            **self._handler_args,
+        )
 
     async def _listen(self) -> None:
         sock = bind_socket(self.host, self.port)
