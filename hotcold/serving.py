@@ -148,12 +148,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class Server:
-    """One application listening on one address.
-
-    ``header_timeout_s``, ``idle_timeout_s`` and ``max_connections`` guard against slow and
-    idle clients (hotcold/connections.py says how); ``max_header_bytes`` bounds the request
-    line and each header line, ``max_headers`` their number.
-    """
+    """One application listening on one address."""
 
     def __init__(
         self,
@@ -187,10 +182,8 @@ class Server:
         }
         # Cancel a handler when its client disconnects, so an abandoned generation stops
         # and frees its slot instead of running to the end for nobody.
-        limits = ConnectionLimits(header_timeout_s, idle_timeout_s, max_connections)
-        self._runner = GuardedRunner(
+        self._runner = web.AppRunner(
             app,
-            limits,
             handler_cancellation=handler_cancellation,
             shutdown_timeout=shutdown_timeout_s,
             **self._handler_args,
@@ -202,12 +195,6 @@ class Server:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
-
-    @property
-    def connection_count(self) -> int:
-        """Client connections open now."""
-        server = self._runner.server
-        return len(server.open_connections()) if isinstance(server, GuardedServer) else 0
 
     async def start(self) -> None:
         await self._runner.setup()
