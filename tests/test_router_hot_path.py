@@ -161,17 +161,38 @@ async def test_streamed_request_is_cached_and_replayed_as_sse(
 async def test_concurrent_identical_misses_are_coalesced(
     stub: StubFactory, router: RouterFactory
 ) -> None:
-    slow_cloud = await stub(ttft_ms=300)
-    front = await router([slow_cloud.url], cache={"entries": 64})
+    """Twenty identical misses at once: one goes to the cloud, the other nineteen wait for its
+    answer. The cloud's only slot is held until all nineteen have joined the first, so the
+    overlap is made, not hoped for from timing; then exactly one request reaches the cloud."""
+    cloud = await stub(max_concurrency=1)
+    front = await router([cloud.url], cache={"entries": 64})
+    slot = cloud.app[STATE].admission
     body = chat("same question, many devices")
-    async with aiohttp.ClientSession() as session:
-        results = await asyncio.gather(*(post(session, front.url, body) for _ in range(20)))
-    assert all(status == 200 for status, _, _ in results)
+    await slot.acquire()  # the cloud is busy: the first miss waits in its queue
+    held = True
+    try:
+        async with aiohttp.ClientSession() as session:
+            requests = [asyncio.create_task(post(session, front.url, body)) for _ in range(20)]
+
+            async def all_joined() -> bool:
+                samples = await scrape(front.url)
+                return (
+                    slot.waiting == 1 and metric(samples, "hotcold_coalesced_requests_total") == 19
+                )
+
+            await wait_for(all_joined, timeout_s=10, message="one miss queued, 19 joined to it")
+            slot.release()
+            held = False
+            results = await asyncio.gather(*requests)
+    finally:
+        if held:
+            slot.release()
+    assert [status for status, _, _ in results] == [200] * 20
     assert len({payload for _, _, payload in results}) == 1
     coalesced = sum(1 for _, headers, _ in results if headers.get("X-Coalesced") == "true")
-    assert coalesced >= 15
-    served = slow_cloud.app[STATE].metrics.requests.labels("/v1/chat/completions", "200")
-    assert served._value.get() <= 3
+    assert coalesced == 19
+    served = cloud.app[STATE].metrics.requests.labels("/v1/chat/completions", "200")
+    assert served._value.get() == 1
 
 
 async def test_hot_requests_go_to_the_cloud_when_the_edge_is_down(

@@ -203,10 +203,13 @@ async def test_injected_errors_are_retried_on_another_endpoint(
 
 
 async def test_busy_stub_503_is_retried_elsewhere(stub: StubFactory, router: RouterFactory) -> None:
-    """A stub with one slot and no queue refuses overflow with 503; the router sends it on."""
+    """A stub with one slot and no queue refuses overflow with 503; the router sends it on.
+    Its one slot is held throughout, so every request it gets is overflow (no timing needed)."""
     tiny = await stub(max_concurrency=1, max_queue=0, ttft_ms=200)
     roomy = await stub(ttft_ms=200)
     front = await router([tiny.url, roomy.url])
+    slot = tiny.app[STATE].admission
+    await slot.acquire()
     async with aiohttp.ClientSession() as session:
 
         async def one() -> int:
@@ -214,7 +217,10 @@ async def test_busy_stub_503_is_retried_elsewhere(stub: StubFactory, router: Rou
                 await response.read()
                 return response.status
 
-        statuses = await asyncio.gather(*(one() for _ in range(20)))
+        try:
+            statuses = await asyncio.gather(*(one() for _ in range(20)))
+        finally:
+            slot.release()
     assert statuses == [200] * 20
     assert metric(await scrape(tiny.url), "hotcold_stub_requests_total", status="503") >= 1
 
@@ -224,9 +230,10 @@ async def test_refused_connections_fail_over(stub: StubFactory, router: RouterFa
     healthy = await stub()
     front = await router([flaky.url, healthy.url])
     async with aiohttp.ClientSession() as session:
-        async with session.post(flaky.url + "/admin/faults", json={"refuse_for_s": 2}) as answer:
+        # Refusing for longer than the test runs: no busy-machine stall can outlast the window.
+        async with session.post(flaky.url + "/admin/faults", json={"refuse_for_s": 60}) as answer:
             assert answer.status == 200
-        await wait_for(lambda: _refuses(flaky.url), 5, message="the stub to refuse connections")
+        await wait_for(lambda: _refuses(flaky.url), 10, message="the stub to refuse connections")
         for _ in range(20):
             async with session.post(front.url + "/v1/chat/completions", json=CHAT) as response:
                 assert response.status == 200
@@ -272,9 +279,9 @@ async def test_nonstream_disconnect_cancels_upstream(
     state = slow.app[STATE]
     async with aiohttp.ClientSession() as session:
         task = asyncio.create_task(session.post(front.url + "/v1/chat/completions", json=CHAT))
-        await wait_for(lambda: state.admission.active == 1, 5, message="generation to start")
+        await wait_for(lambda: state.admission.active == 1, 10, message="generation to start")
         task.cancel()
-        await wait_for(lambda: state.admission.active == 0, 5, message="the slot to be freed")
+        await wait_for(lambda: state.admission.active == 0, 10, message="the slot to be freed")
 
 
 async def test_metrics_and_readiness(stub: StubFactory, router: RouterFactory) -> None:

@@ -9,10 +9,11 @@ import aiohttp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cloud_stub.handlers import STATE
 from router.config import TenantLimits, TenantsConfig
 from router.tenants import TenantLimiter, key_digest
 from tests.conftest import RouterFactory, StubFactory
-from tests.support import metric, scrape
+from tests.support import metric, scrape, wait_for
 
 KEY_A, KEY_B = "hc_tenant-a-secret-key-000000000001", "hc_tenant-b-secret-key-000000000002"
 KEYS = {
@@ -113,23 +114,40 @@ async def test_token_quota_counts_upstream_tokens_not_cache_hits(
 async def test_limits_max_tokens_prompt_length_and_shedding(
     stub: StubFactory, router: RouterFactory
 ) -> None:
-    slow = await stub(ttft_ms=300)
+    """Past max_concurrent_requests the router sheds at once with 503 overloaded. The cloud's
+    only slot is held, so three requests are surely in flight when five more arrive: the overlap
+    is made, not hoped for from timing."""
+    cloud = await stub(max_concurrency=1)
     server = await router(
-        [slow.url],
+        [cloud.url],
         server={"max_tokens_ceiling": 64, "max_prompt_chars": 1000, "max_concurrent_requests": 3},
     )
+    slot = cloud.app[STATE].admission
     async with aiohttp.ClientSession() as session:
         status, body, _ = await post(session, server.url, chat("x", max_tokens=65))
         assert status == 400 and body["error"]["code"] == "max_tokens_too_large"
         status, body, _ = await post(session, server.url, chat("y" * 1001))
         assert status == 400 and body["error"]["code"] == "context_length_exceeded"
-        results = await asyncio.gather(
-            *(post(session, server.url, chat(f"slow {i}", temperature=1)) for i in range(8))
-        )
-    statuses = sorted(status for status, _, _ in results)
-    assert statuses.count(200) >= 3 and statuses.count(503) >= 1, statuses
-    shed = next(r for r in results if r[0] == 503)
-    assert shed[1]["error"]["code"] == "overloaded" and shed[2]["Retry-After"] == "1"
+        await slot.acquire()  # the cloud is busy: requests wait in its queue
+        held = True
+        try:
+            admitted = [
+                asyncio.create_task(post(session, server.url, chat(f"slow {i}", temperature=1)))
+                for i in range(3)
+            ]
+            await wait_for(lambda: slot.waiting == 3, timeout_s=10, message="3 in flight")
+            shed = await asyncio.gather(
+                *(post(session, server.url, chat(f"more {i}", temperature=1)) for i in range(5))
+            )
+            slot.release()
+            held = False
+            served = await asyncio.gather(*admitted)
+        finally:
+            if held:
+                slot.release()
+    assert [status for status, _, _ in served] == [200] * 3
+    assert [status for status, _, _ in shed] == [503] * 5, shed
+    assert all(r[1]["error"]["code"] == "overloaded" and r[2]["Retry-After"] == "1" for r in shed)
 
 
 async def test_slow_client_body_gets_408(stub: StubFactory, router: RouterFactory) -> None:
@@ -142,7 +160,7 @@ async def test_slow_client_body_gets_408(stub: StubFactory, router: RouterFactor
         b'Content-Length: 100\r\n\r\n{"model":'
     )
     await writer.drain()  # ... and never the rest
-    status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    status_line = await asyncio.wait_for(reader.readline(), timeout=30)  # a hang fails
     writer.close()
     assert b" 408 " in status_line, status_line
 
