@@ -170,7 +170,7 @@ async def test_json_logs_carry_the_request_id_of_the_answer(
         def logged() -> bool:
             return "trace-42" in log_path.read_text()
 
-        await wait_for(logged, timeout_s=5, message="the access line")
+        await wait_for(logged, timeout_s=10, message="the access line")
     finally:
         router.stop()
     lines = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.strip()]

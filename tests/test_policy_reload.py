@@ -59,16 +59,16 @@ async def test_file_edit_is_picked_up_and_a_bad_file_keeps_the_last_good(
     server, path, cloud = file_router
     assert await threshold_max(server.url) == 10
     write_config(path, cloud, 7)
-    await wait_for(lambda: _max_is(server.url, 7), timeout_s=5, message="the edit applied")
+    await wait_for(lambda: _max_is(server.url, 7), timeout_s=10, message="the edit applied")
     _, document = await get_json(server.url + "/admin/policy")
     assert document["policy"]["sources"]["threshold.max"]["layer"] == f"file {path}"
     assert document["policy"]["sources"]["threshold.min"]["layer"] == "default"
     assert document["threshold"]["bounds"] == [2.0, 7.0]
 
     path.write_text("policy: [this is: not: valid yaml")
-    await wait_for(lambda: _reloads(server.url, "failed", 1), timeout_s=5, message="refused")
+    await wait_for(lambda: _reloads(server.url, "failed", 1), timeout_s=10, message="refused")
     write_config(path, cloud, -3)  # valid YAML, invalid value
-    await wait_for(lambda: _reloads(server.url, "failed", 2), timeout_s=5, message="refused")
+    await wait_for(lambda: _reloads(server.url, "failed", 2), timeout_s=10, message="refused")
     assert await threshold_max(server.url) == 7  # the last good policy
     status, answer = await get_json(server.url + "/admin/reload", "POST")
     assert status == 422 and "policy.threshold.max" in answer["message"]
@@ -102,5 +102,5 @@ async def test_sighup_reloads_a_running_router_process(
     write_config(path, cloud.url, 5, admin={"watch_config_s": 0})
     assert router.proc is not None
     router.proc.send_signal(signal.SIGHUP)
-    await wait_for(lambda: _max_is(router.url, 5), timeout_s=5, message="SIGHUP reload")
+    await wait_for(lambda: _max_is(router.url, 5), timeout_s=10, message="SIGHUP reload")
     assert router.alive()
