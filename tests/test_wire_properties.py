@@ -114,3 +114,32 @@ def test_valid_chat_requests_parse(max_tokens: int, stream: bool, temperature: f
     assert request.params.output_limit() == max_tokens
     assert request.stream is stream
     assert request.params.is_deterministic() is (temperature == 0)
+
+
+bounds = st.none() | st.integers(1, 1 << 31)
+
+
+@given(max_tokens=bounds, max_completion_tokens=bounds, kind=st.sampled_from(["chat", "text"]))
+def test_the_upstream_gets_the_one_output_bound_the_client_has(
+    max_tokens: int | None, max_completion_tokens: int | None, kind: str
+) -> None:
+    document: dict[str, Any] = {"model": "m", "vendor_field": [1, {"a": 2}]}
+    if kind == "chat":
+        document["messages"] = [{"role": "user", "content": "hi"}]
+        if max_completion_tokens is not None:
+            document["max_completion_tokens"] = max_completion_tokens
+    else:
+        document["prompt"] = "hi"
+    if max_tokens is not None:
+        document["max_tokens"] = max_tokens
+    sent = orjson.loads(orjson.dumps(document))
+    request = (parse_chat_request if kind == "chat" else parse_completion_request)(document)
+    forwarded = request.upstream_body()
+    assert document == sent, "the client's document is not changed"
+    limit = request.params.output_limit()
+    given_ = {name: document[name] for name in ("max_tokens", "max_completion_tokens")
+              if name in document}  # fmt: skip
+    assert {name: forwarded[name] for name in given_} == dict.fromkeys(given_, limit)
+    assert limit is None or limit == min(given_.values())
+    rest = {k: v for k, v in forwarded.items() if k not in given_}
+    assert rest == {k: v for k, v in document.items() if k not in given_}

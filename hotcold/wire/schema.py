@@ -271,6 +271,16 @@ class InferenceRequest:
             return "\n".join(message.text() for message in self.params.messages)
         return self.params.prompt_text()
 
+    def upstream_body(self) -> dict[str, Any]:
+        """The document to forward: the client's, with every output bound it gave
+        (``max_tokens``, ``max_completion_tokens``) set to ``output_limit()``, so an upstream
+        that honours either one stops where the client's smaller bound says. The client's
+        document is left as it was."""
+        fields = self.params.output_fields()
+        if len(fields) < 2:
+            return self.body
+        return {**self.body, **dict.fromkeys(fields, self.params.output_limit())}
+
 
 def _raise_invalid(exc: ValidationError) -> None:
     first = exc.errors(include_url=False)[0]
