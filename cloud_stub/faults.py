@@ -24,9 +24,10 @@ class FaultRates:
     drop_rate: float = 0.0
     slow_rate: float = 0.0
     slow_ms: float = 2000.0
+    wrong_rate: float = 0.0  # answer something else than the request's own answer
 
     def updated(self, changes: dict[str, float]) -> FaultRates:
-        unknown = set(changes) - {"error_rate", "drop_rate", "slow_rate", "slow_ms"}
+        unknown = set(changes) - {"error_rate", "drop_rate", "slow_rate", "slow_ms", "wrong_rate"}
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}")
         for name, value in changes.items():
@@ -55,3 +56,7 @@ class FaultInjector:
         if roll < self.rates.slow_rate:
             return Fault.SLOW
         return Fault.NONE
+
+    def wrong(self) -> bool:
+        """Whether this answer is a wrong one (an edge model that stopped agreeing)."""
+        return self._rng.random() < self.rates.wrong_rate

@@ -55,11 +55,16 @@ STATE = web.AppKey("stub_state", StubState)
 _STRIPPED_FOR_DIGEST = ("stream", "stream_options", "user", "metadata")
 
 
-def _answers_for(request: InferenceRequest, config: StubConfig, rng: random.Random) -> list[Answer]:
-    """One answer per choice (``n``); deterministic requests get the same ones every time."""
+def _answers_for(
+    request: InferenceRequest, config: StubConfig, rng: random.Random, wrong: bool = False
+) -> list[Answer]:
+    """One answer per choice (``n``); deterministic requests get the same ones every time,
+    unless ``wrong`` (fault injection) makes it another request's answer."""
     payload: dict[str, Any] = {
         k: v for k, v in request.body.items() if k not in _STRIPPED_FOR_DIGEST
     }
+    if wrong:
+        payload["wrong"] = True
     if not request.params.is_deterministic():
         payload["nonce"] = rng.random()  # sampling: a different answer every time
     limit = request.params.output_limit() or config.default_max_tokens
@@ -209,7 +214,7 @@ async def _complete(http_request: web.Request, request: InferenceRequest) -> web
         if http_request.transport is not None:
             http_request.transport.abort()
         raise asyncio.CancelledError  # nothing to answer: the connection is gone
-    answers = _answers_for(request, state.config, state.rng)
+    answers = _answers_for(request, state.config, state.rng, state.faults.wrong())
     prompt_tokens = count_prompt_tokens(request.prompt_text())
     extra_delay_s = state.faults.rates.slow_ms / 1000.0 if fault is Fault.SLOW else 0.0
     queued_at = time.monotonic()
@@ -326,6 +331,7 @@ async def get_faults(http_request: web.Request) -> web.Response:
             "drop_rate": rates.drop_rate,
             "slow_rate": rates.slow_rate,
             "slow_ms": rates.slow_ms,
+            "wrong_rate": rates.wrong_rate,
         },
     )
 

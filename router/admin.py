@@ -65,6 +65,7 @@ def policy_document(request: web.Request) -> dict[str, Any]:
             "outstanding": state.edge.outstanding if state.edge else 0,
             "max_inflight": state.config.edge.max_inflight,
             "takes_hot_traffic": state.dispatcher.edge_can_take(),
+            "release": state.dispatcher.release.snapshot(),
         },
         "fleet": state.fleet_status(),
         "mode": "open (no admin token configured)" if state.config.admin.token is None else "token",

@@ -29,6 +29,7 @@ from router.config_watch import watch_config
 from router.cost import CostEstimate, estimate_cost
 from router.dashboard import DashboardRecorder, favicon, moved_to_admin
 from router.dispatch import Dispatcher
+from router.edge_release import EdgeRelease
 from router.fleet import FleetSync
 from router.handlers import (
     chat_completions,
@@ -136,7 +137,9 @@ async def build_parts(
             manager,
             limiter,
             Authenticator(config.tenants),
+            EdgeRelease(config.edge),
         )
+        stack.push_async_callback(dispatcher.close)
         started = time.monotonic()
 
         def cost() -> CostEstimate:
@@ -167,6 +170,7 @@ async def build_parts(
             sessions=AdminSessions(),
         )
         metrics.watch_policy(lambda: parts)
+        metrics.watch_release(dispatcher.release.snapshot)
         metrics.watch_cost(cost)
         metrics.watch_fleet(lambda: fleet.status() if fleet is not None else None)
         if fleet is not None:

@@ -220,6 +220,66 @@ class CloudPoolConfig(PoolConfig):
     variable takes a comma-separated list)"""
 
 
+class ReleaseConfig(_Frozen):
+    """The edge model's gray release per catalog model (router/gray_release.py): it starts in
+    shadow and earns each share of the hot misses on agreement with the cloud, error rate
+    and latency; any of them regressing past its margin sends it back to shadow at once."""
+
+    enabled: bool = True
+    """false: the edge answers every hot miss it can take, unjudged (the behaviour before)"""
+    shares: tuple[float, ...] = (0.05, 0.25, 1.0)
+    """the share of hot misses the edge answers at each stage after shadow (increasing,
+    the last 1.0)"""
+    shadow_rate: float = Field(default=0.1, ge=0, le=1)
+    """share of an edge-eligible model's hot requests also computed by the other side (the
+    edge while the cloud serves, the cloud once the edge does) and scored for agreement"""
+    min_samples: int = Field(default=50, ge=1)
+    """comparisons since the last move needed to advance a stage"""
+    min_rollback_samples: int = Field(default=20, ge=1)
+    """observations since the last move needed before a regression rolls back"""
+    window: int = Field(default=200, ge=10, le=100_000)
+    """the most recent comparisons, edge outcomes and latencies judged (memory: 4 x window
+    floats per model)"""
+    min_agreement: float = Field(default=0.8, ge=0, le=1)
+    """mean agreement (0..1) needed to advance"""
+    max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    """edge errors per edge attempt allowed to advance"""
+    max_latency_ratio: float = Field(default=3.0, gt=0)
+    """the edge's median latency over the cloud's allowed to advance"""
+    margin: float = Field(default=0.05, ge=0, lt=1)
+    """how far past its threshold a measure may drop before a rollback (a share of it)"""
+    scorer: Literal["f1", "json", "exact"] = "f1"
+    """agreement measure: f1 (token F1, JSON compared parsed), json (parsed JSON equality,
+    else exact), exact (after normalisation); router/agreement.py says why"""
+    pinned: dict[str, int] = {}
+    """a stage per catalog model that the evidence does not move, e.g. {chat-small: 3}
+    (0 = shadow)"""
+    max_shadow_inflight: int = Field(default=4, ge=0)
+    """shadow computations in flight at once; beyond (or under load), samples are skipped:
+    shadow work is shed first and never delays or fails a client's request"""
+
+    @field_validator("shares")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0 < x <= 1 for x in value) or list(value) != sorted(value):
+            raise ValueError("shares must be increasing values in (0, 1]")
+        return value
+
+
+class LatencyConfig(_Frozen):
+    """The edge's latency budget (router/latency_model.py): a hot miss goes to the edge only
+    when its predicted time for the tokens asked is within budget against the cloud's."""
+
+    factor: float = Field(default=2.0, gt=0)
+    """the edge may take at most this many times the cloud's predicted time"""
+    ceiling_s: float | None = Field(default=None, gt=0)
+    """and never more than this many seconds (null: no absolute ceiling)"""
+    cost_first: bool = False
+    """true: send hot misses to the edge whatever its predicted time (cost before latency)"""
+    default_tokens: int = Field(default=64, ge=1)
+    """tokens assumed for a request that sets no max_tokens"""
+
+
 class EdgeConfig(PoolConfig):
     """The edge node(s): an upstream pool that takes hot misses."""
 
@@ -235,6 +295,10 @@ class EdgeConfig(PoolConfig):
     """requests outstanding to the edge; beyond, hot misses go to the cloud at once (the hard
     bound; the threshold is the soft one)
     """
+    release: ReleaseConfig = ReleaseConfig()
+    """the edge model's gray release: shadow, then shares of the hot misses, earned"""
+    latency: LatencyConfig = LatencyConfig()
+    """the latency budget of the edge against the cloud"""
 
 
 class ThresholdConfig(_Frozen):

@@ -15,8 +15,10 @@ The rules:
 - An identical miss already in flight is joined (single-flight) when the request may read
   and write the cache.
 - A hot request goes to the edge node only when one is configured, the catalog lets the edge
-  answer this model, the request asks for nothing the edge node cannot do, and the edge has
-  room; if the edge then fails, the model's cloud pool answers (still hot).
+  answer this model, the request asks for nothing the edge node cannot do, the edge has
+  earned this key at its gray-release stage (router/gray_release.py), its predicted time is
+  within the latency budget (router/latency_model.py), and it has room; if the edge then
+  fails, the model's cloud pool answers (still hot).
 - Everything else goes to the model's cloud pool.
 """
 
@@ -70,6 +72,8 @@ class ProducerFacts:
     edge_allowed: bool  # the catalog lets the edge node answer this model
     edge_can_answer: bool  # the request asks for nothing the edge node cannot honour
     edge_has_room: bool  # breaker closed and under its in-flight bound
+    edge_earned: bool = True  # its gray-release stage gives this key to the edge
+    edge_fast_enough: bool = True  # its predicted time is within the latency budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,10 @@ def producer_plan(facts: ProducerFacts) -> ProducerPlan:
         return ProducerPlan("cloud", None, "model_not_for_edge")
     if not facts.edge_can_answer:
         return ProducerPlan("cloud", None, "request_not_for_edge")
+    if not facts.edge_earned:
+        return ProducerPlan("cloud", None, "edge_not_earned")
+    if not facts.edge_fast_enough:
+        return ProducerPlan("cloud", None, "edge_too_slow")
     if not facts.edge_has_room:
         return ProducerPlan("cloud", None, "edge_busy_or_down")
     return ProducerPlan("edge", "cloud", "edge")

@@ -24,6 +24,8 @@ edge model); every answer, plain, streamed or cached, names the public model ask
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,6 +42,7 @@ from hotcold.wire import (
     sse_event,
 )
 from hotcold.wire.sse import SSE_HEADERS, iter_sse_events
+from router.agreement import answer_text
 from router.answers import (
     CachedAnswer,
     StreamCapture,
@@ -54,6 +57,7 @@ from router.classify import Classification, Classifier
 from router.clock import Clock
 from router.config import RouterConfig
 from router.decision import CacheFacts, ProducerFacts, cache_plan, producer_plan
+from router.edge_release import EdgeRelease
 from router.keys import request_key
 from router.metrics import RouterMetrics
 from router.models import ModelRoutes
@@ -114,8 +118,11 @@ class Dispatcher:
         policy: PolicyManager,
         tenants: TenantLimiter,
         authenticator: Authenticator,
+        release: EdgeRelease,
     ) -> None:
         self._config = config
+        self.release = release  # the edge's gray release and latency budget, per model
+        self._shadows: set[asyncio.Task[None]] = set()
         self.tenants = tenants
         self._authenticator = authenticator
         self._policy = policy  # live cache rules (TTL, admission) from the fleet policy
@@ -126,6 +133,14 @@ class Dispatcher:
         self._metrics = metrics
         self._clock = clock
         self.flights: SingleFlight[CachedAnswer] = SingleFlight()
+
+    async def close(self) -> None:
+        """Cancel shadow comparisons still running (shutdown)."""
+        for task in list(self._shadows):
+            task.cancel()
+        for task in list(self._shadows):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def edge_can_take(self) -> bool:
         edge = self._edge
@@ -196,7 +211,7 @@ class Dispatcher:
         answer: CachedAnswer | None = None
         try:
             response, answer = await self._compute(
-                http, request, model, verdict, label, deadline_at
+                http, request, model, verdict, label, deadline_at, key.fingerprint
             )
         finally:
             if leading:
@@ -205,6 +220,8 @@ class Dispatcher:
         # measured as best decides what stays. Strict mode (2) keeps only keys seen twice.
         # Independent of the threshold on purpose: when the edge is overloaded the threshold
         # rises, and the cache, which costs nothing to serve from, must not take less then.
+        if answer is not None and verdict.route == "hot":
+            self._maybe_shadow(http, request, model, answer)
         rules = self._policy.values.cache
         if answer is not None and plan.write and verdict.estimate >= rules.min_frequency:
             self._cache.put(
@@ -237,18 +254,23 @@ class Dispatcher:
         verdict: Classification,
         label: str,
         deadline_at: float,
+        fingerprint: int,
     ) -> tuple[web.StreamResponse, CachedAnswer | None]:
-        document = request.body
-        output_fields = request.params.output_fields()
-        if len(output_fields) > 1:  # both given: the upstream gets the one bound the client has
-            bound = request.params.output_limit()
-            document = {**document, **dict.fromkeys(output_fields, bound)}
+        document = request.upstream_body()  # the one output bound the client has
         if request.stream and not request.params.include_usage():
             document = {**document, "stream_options": {"include_usage": True}}
         headers = {"X-Request-Id": http.get(REQUEST_ID, "")}
         tenant = http[TENANT]
         name = model.entry.name
         edge = self._edge
+        eligible = verdict.route == "hot" and edge is not None and model.entry.edge_allowed
+        standing = (
+            self.release.verdict(
+                name, (fingerprint & 0xFFFFFFFF) / 2**32, request.params.output_limit()
+            )
+            if eligible
+            else None
+        )
         producer = producer_plan(
             ProducerFacts(
                 route=verdict.route,
@@ -256,9 +278,16 @@ class Dispatcher:
                 edge_allowed=model.entry.edge_allowed,
                 edge_can_answer=edge_can_answer(request),
                 edge_has_room=edge is not None and edge.available(),
+                edge_earned=standing is None or standing.earned,
+                edge_fast_enough=standing is None or standing.fast_enough,
             )
         )
-        if producer.reason in ("request_not_for_edge", "edge_busy_or_down"):
+        if producer.reason in (
+            "request_not_for_edge",
+            "edge_busy_or_down",
+            "edge_not_earned",
+            "edge_too_slow",
+        ):
             self._metrics.edge_fallbacks.labels(producer.reason).inc()
         if producer.first == "edge" and edge is not None:
             if self.tenants.take_edge_slot(tenant, self._clock.now()):
@@ -272,6 +301,7 @@ class Dispatcher:
                     )
                 except ApiError as exc:
                     self._metrics.edge_fallbacks.labels("edge_failed").inc()
+                    self.release.observe(name, "edge", False, 0.0, None, self._clock.now())
                     log.info("edge could not answer (%s); serving from the cloud", exc.message)
                 finally:
                     self.tenants.release_edge_slot(tenant)
@@ -301,15 +331,114 @@ class Dispatcher:
         headers: dict[str, str],
     ) -> tuple[web.StreamResponse, CachedAnswer | None]:
         started = self._clock.now()
+        result: tuple[web.StreamResponse, CachedAnswer | None]
         if request.stream:
             upstream = await pool.open_stream(request.path, body, deadline_at, headers)
             if isinstance(upstream, UpstreamReply):
-                return self._reply(http, upstream, decision, model.public)
-            self._observe_edge(decision, upstream.queue_ms, started)
-            return await self._relay(http, request, upstream, decision, model.public)
-        reply = await pool.complete(request.path, body, deadline_at, headers)
-        self._observe_edge(decision, reply.queue_ms, started)
-        return self._reply(http, reply, decision, model.public)
+                result = self._reply(http, upstream, decision, model.public)
+            else:
+                self._observe_edge(decision, upstream.queue_ms, started)
+                result = await self._relay(http, request, upstream, decision, model.public)
+        else:
+            reply = await pool.complete(request.path, body, deadline_at, headers)
+            self._observe_edge(decision, reply.queue_ms, started)
+            result = self._reply(http, reply, decision, model.public)
+        self._observe_producer(decision, result[1], started)
+        return result
+
+    def _observe_producer(
+        self, decision: Decision, answer: CachedAnswer | None, started: float
+    ) -> None:
+        """The answer's time and tokens, for the edge's latency budget and gray release."""
+        now = self._clock.now()
+        tokens = (answer.usage or {}).get("completion_tokens") if answer is not None else None
+        self.release.observe(
+            decision.model,
+            decision.served_by,
+            answer is not None,
+            now - started,
+            tokens if isinstance(tokens, int) else None,
+            now,
+        )
+
+    # ---- shadow comparisons ------------------------------------------------------------
+
+    def _maybe_shadow(
+        self,
+        http: web.Request,
+        request: InferenceRequest,
+        model: ResolvedModel,
+        answer: CachedAnswer,
+    ) -> None:
+        """Sample a hot answer of an edge-eligible model for a comparison with the other
+        side, in the background: it never delays or fails the client's request, and it is
+        shed first (router/edge_release.py)."""
+        edge = self._edge
+        if edge is None or not model.entry.edge_allowed or not edge_can_answer(request):
+            return
+        under_load = (
+            not edge.available()
+            or self.tenants.edge_inflight >= self._config.edge.max_inflight // 2
+        )
+        if not self.release.take_shadow(under_load):
+            return
+        other = "cloud" if answer.produced_by == "edge" else "edge"
+        pool = edge if other == "edge" else self.routes.pool_of(model.entry.pool)
+        name = model.edge_name if other == "edge" else model.upstream_name
+        document = {**request.body, "model": name, "stream": False}
+        document.pop("stream_options", None)
+        headers = {"X-Request-Id": http.get(REQUEST_ID, "") + "-shadow"}
+        task = asyncio.create_task(
+            self._shadow(request.path, orjson.dumps(document), pool, other, model, answer, headers),
+            name="shadow",
+        )
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self,
+        path: str,
+        body: bytes,
+        pool: UpstreamPool,
+        other: str,
+        model: ResolvedModel,
+        answer: CachedAnswer,
+        headers: dict[str, str],
+    ) -> None:
+        name = model.entry.name
+        started = self._clock.now()
+        limit = (
+            self._config.edge.timeout_s
+            if other == "edge"
+            else self._config.server.request_deadline_s
+        )
+        try:
+            reply = await pool.complete(path, body, started + limit, headers)
+            ok = reply.status < 400
+            document = orjson.loads(reply.body) if ok else None
+            now = self._clock.now()
+            if not isinstance(document, dict):
+                self.release.shadows["failed"] += 1
+                self.release.observe(name, other, False, now - started, None, now)
+                return
+            usage = document.get("usage") or {}
+            tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+            self.release.observe(
+                name, other, True, now - started, tokens if isinstance(tokens, int) else None, now
+            )
+            theirs, ours = answer_text(document), answer_text(answer.document)
+            edge_text, cloud_text = (theirs, ours) if other == "edge" else (ours, theirs)
+            self.release.compare(name, edge_text, cloud_text, now)
+        except ApiError as exc:
+            self.release.shadows["failed"] += 1
+            now = self._clock.now()
+            self.release.observe(name, other, False, now - started, None, now)
+            log.info("shadow on the %s failed: %s", other, exc.message)
+        except Exception:  # a bug in shadow work must never reach a client
+            self.release.shadows["failed"] += 1
+            log.exception("shadow comparison failed")
+        finally:
+            self.release.shadow_done()
 
     def _observe_edge(self, decision: Decision, queue_ms: float | None, started: float) -> None:
         """Feed the capacity loop: the edge's own queue report, else time to first byte."""

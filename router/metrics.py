@@ -242,6 +242,59 @@ class _CostCollector(Collector):
         yield saved
 
 
+class _ReleaseCollector:
+    """The edge's gray release per model (router/edge_release.py), read at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        snapshot = self._snapshot()
+        models = snapshot.get("models", {})
+        gauges = {
+            "stage": GaugeMetricFamily(
+                "hotcold_edge_release_stage",
+                "The edge's gray-release stage per model (0 shadow, then the shares in order).",
+                labels=["model"],
+            ),
+            "share": GaugeMetricFamily(
+                "hotcold_edge_release_share",
+                "Share of the model's hot misses the edge answers now.",
+                labels=["model"],
+            ),
+            "agreement": GaugeMetricFamily(
+                "hotcold_edge_agreement",
+                "Mean agreement (0-1) of edge and cloud answers since the last stage move.",
+                labels=["model"],
+            ),
+            "samples": GaugeMetricFamily(
+                "hotcold_edge_release_samples",
+                "Comparisons since the last stage move.",
+                labels=["model"],
+            ),
+        }
+        moves = CounterMetricFamily(
+            "hotcold_edge_release_moves", "Stage moves (advances and rollbacks).", labels=["model"]
+        )
+        for name, state in models.items():
+            for key, family in gauges.items():
+                value = state.get(key)
+                if value is not None:
+                    family.add_metric([name], float(value))
+            moves.add_metric([name], float(state.get("moves", 0)))
+        shadows = CounterMetricFamily(
+            "hotcold_shadow_samples",
+            "Shadow comparisons by outcome (started, compared, failed, shed).",
+            labels=["outcome"],
+        )
+        for outcome, count in snapshot.get("shadows", {}).items():
+            if outcome != "inflight":
+                shadows.add_metric([outcome], float(count))
+        yield from gauges.values()
+        yield moves
+        yield shadows
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -316,6 +369,9 @@ class RouterMetrics:
         self.answer_totals[(route, served_by, cache)] += 1
         if status == "200":
             self.recent.observe(route, at, latency_s)
+
+    def watch_release(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
+        self.registry.register(_ReleaseCollector(snapshot))
 
     def watch_cost(self, cost: Callable[[], CostEstimate]) -> None:
         self.registry.register(_CostCollector(self, cost))

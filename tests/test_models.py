@@ -44,7 +44,9 @@ def catalog_settings(pool_a: str, pool_b: str, edge: str, **extra: Any) -> dict[
             "gpu-a": {"endpoints": [pool_a], **FAST_POOL},
             "gpu-b": {"endpoints": [pool_b], **FAST_POOL},
         },
-        "edge": {"endpoints": [edge]},
+        # chat-small's stage is pinned at all hot misses: these tests are about the catalog
+        # (how the edge earns its traffic: tests/test_release.py).
+        "edge": {"endpoints": [edge], "release": {"pinned": {"chat-small": 3}}},
         "models": {
             "default": "chat-large",
             "catalog": [

@@ -13,6 +13,10 @@ from cloud_stub.handlers import STATE
 from tests.conftest import RouterFactory, StubFactory
 from tests.support import metric, scrape, wait_for
 
+# The edge as it was before it had to earn its traffic: no gray release, no latency budget
+# (those are tested in tests/test_release.py); these tests are about the hot path itself.
+UNJUDGED = {"release": {"enabled": False}, "latency": {"cost_first": True}}
+
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:
     return {
@@ -57,7 +61,9 @@ async def test_hot_miss_is_computed_at_the_edge(stub: StubFactory, router: Route
     """Not cacheable (sampled) but recurring: hot after its first sighting, so the edge node
     computes it."""
     cloud, edge = await stub(), await stub()
-    front = await router([cloud.url], edge={"endpoints": [edge.url]}, cache={"entries": 64})
+    front = await router(
+        [cloud.url], edge={"endpoints": [edge.url], **UNJUDGED}, cache={"entries": 64}
+    )
     served = []
     async with aiohttp.ClientSession() as session:
         for _ in range(3):
@@ -240,7 +246,7 @@ async def test_threshold_rises_when_a_real_edge_is_overloaded(
     edge = await stub(ttft_ms=40, tpot_ms=0, max_concurrency=1, max_queue=1000)
     front = await router(
         [cloud.url],
-        edge={"endpoints": [edge.url], "max_inflight": 1000},
+        edge={"endpoints": [edge.url], "max_inflight": 1000, **UNJUDGED},
         cache={"entries": 64},
         policy={
             "capacity": {

@@ -1,0 +1,149 @@
+"""The edge earns its traffic, end to end: real router, a cloud stub as the reference and a
+cloud stub as the edge node (same answers as the cloud until told to answer wrongly, or to be
+slow, at run time)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hotcold.serving import Server
+from tests.conftest import RouterFactory, StubFactory
+from tests.support import wait_for
+
+FAST_RELEASE = {
+    "shares": [0.5, 1.0],
+    "shadow_rate": 1.0,
+    "min_samples": 6,
+    "min_rollback_samples": 4,
+    "window": 40,
+    "max_shadow_inflight": 64,
+    "max_latency_ratio": 50.0,
+}
+
+
+def chat(index: int) -> dict[str, Any]:
+    # Deterministic (temperature 0) so edge and cloud agree; no-store keeps the cache out.
+    return {
+        "model": "m",
+        "temperature": 0,
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": f"sensor {index} status?"}],
+    }
+
+
+@pytest.fixture
+async def parts(stub: StubFactory, router: RouterFactory) -> AsyncIterator[dict[str, Server]]:
+    cloud, edge = await stub(), await stub()
+    front = await router(
+        [cloud.url],
+        edge={"endpoints": [edge.url], "release": FAST_RELEASE, "latency": {"factor": 1e6}},
+        policy={"pins": [{"route": "hot", "model": "*"}]},
+    )
+    yield {"router": front, "cloud": cloud, "edge": edge}
+
+
+async def ask(session: aiohttp.ClientSession, url: str, index: int) -> str:
+    async with session.post(
+        url + "/v1/chat/completions", json=chat(index), headers={"Cache-Control": "no-store"}
+    ) as response:
+        assert response.status == 200, await response.text()
+        return response.headers["X-Served-By"]
+
+
+async def release_of(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(url + "/admin/policy") as response:
+        models = (await response.json())["edge"]["release"]["models"]
+    return dict(models.get("default", {"stage": 0, "share": 0.0}))
+
+
+async def drive_until(
+    session: aiohttp.ClientSession,
+    url: str,
+    done: Any,
+    served: list[str],
+    message: str,
+    start: int = 0,
+) -> int:
+    """Send requests one by one until the release state satisfies ``done``."""
+    index = start
+
+    async def step() -> bool:
+        nonlocal index
+        served.append(await ask(session, url, index))
+        index += 1
+        return bool(done(await release_of(session, url)))
+
+    await wait_for(step, timeout_s=60, interval_s=0.0, message=message)
+    return index
+
+
+async def test_an_agreeing_edge_earns_all_hot_misses_stage_by_stage(
+    parts: dict[str, Server],
+) -> None:
+    url = parts["router"].url
+    served: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        assert (await release_of(session, url))["stage"] == 0
+        assert await ask(session, url, 0) == "cloud"  # shadow: the client gets the cloud
+        await drive_until(session, url, lambda r: r["stage"] == 2, served, "all hot misses")
+        state = await release_of(session, url)
+        assert state["share"] == 1.0 and "advanced" in state["last_move"]["reason"]
+        after = [await ask(session, url, 1000 + i) for i in range(10)]
+    assert served[0] == "cloud"
+    assert after == ["edge"] * 10
+
+
+async def test_an_edge_that_starts_to_disagree_is_rolled_back_and_serves_no_one_after(
+    parts: dict[str, Server],
+) -> None:
+    url, edge = parts["router"].url, parts["edge"]
+    served: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        index = await drive_until(session, url, lambda r: r["stage"] == 2, served, "earned")
+        await session.post(edge.url + "/admin/faults", json={"wrong_rate": 1.0})
+        rolled: list[str] = []
+        await drive_until(
+            session, url, lambda r: r["stage"] == 0, rolled, "the rollback", start=index
+        )
+        state = await release_of(session, url)
+        assert "rolled back" in state["last_move"]["reason"]
+        assert "agreement" in state["last_move"]["reason"]
+        after = [await ask(session, url, 5000 + i) for i in range(20)]
+    assert after == ["cloud"] * 20  # no client answered by the edge after the rollback
+
+
+async def test_a_slow_edge_gets_no_hot_misses_until_it_is_fast_again(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    cloud, edge = await stub(), await stub(slow_rate=1.0, slow_ms=400)
+    front = await router(
+        [cloud.url],
+        edge={
+            "endpoints": [edge.url],
+            "release": {**FAST_RELEASE, "pinned": {"default": 2}},  # earned: only speed counts
+            "latency": {"factor": 2.0},
+        },
+        policy={"pins": [{"route": "hot", "model": "*"}]},
+    )
+    async with aiohttp.ClientSession() as session:
+        served = [await ask(session, front.url, i) for i in range(30)]
+        # Until measured the edge may be tried; once the shadows measure it, it is left out.
+        assert served[-15:] == ["cloud"] * 15
+        await session.post(edge.url + "/admin/faults", json={"slow_rate": 0.0})
+
+        index = 30
+
+        async def edge_again() -> bool:
+            nonlocal index
+            index += 1
+            return await ask(session, front.url, index) == "edge"
+
+        await wait_for(edge_again, timeout_s=60, interval_s=0.0, message="the edge fast again")
+        async with session.get(front.url + "/admin/policy") as response:
+            state = (await response.json())["edge"]["release"]["models"]["default"]
+    predicted = state["predicted_s"]
+    assert predicted["edge"] is not None and predicted["cloud"] is not None
