@@ -121,9 +121,10 @@ async def build_parts(
             metrics.watch_pools(lambda: [edge] if edge is not None else [])
             await _task(stack, edge.run_prober(), "edge-prober")
         classifier, cache = build_policy(config, clock)
+        release = EdgeRelease(config.edge)
         fleet = None
         if config.fleet.redis_url is not None:
-            fleet = FleetSync(config.fleet, classifier.sketch, clock=clock)
+            fleet = FleetSync(config.fleet, classifier.sketch, clock=clock, release=release)
         manager = PolicyManager(layers, config, classifier, clock, routes.apply, fleet)
         limiter = TenantLimiter(config.tenants, config.edge.max_inflight)
         dispatcher = Dispatcher(
@@ -137,7 +138,7 @@ async def build_parts(
             manager,
             limiter,
             Authenticator(config.tenants),
-            EdgeRelease(config.edge),
+            release,
         )
         stack.push_async_callback(dispatcher.close)
         started = time.monotonic()

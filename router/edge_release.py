@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,8 @@ class EdgeRelease:
         self._edge_fit: dict[str, LatencyFit] = {}
         self._cloud_fit: dict[str, LatencyFit] = {}
         self._rng = rng or random.Random()
+        # Moves made here on this router's evidence, for the fleet (router/fleet_release.py).
+        self.pending_moves: deque[tuple[str, int, str]] = deque(maxlen=256)
 
     def _fit(self, fits: dict[str, LatencyFit], model: str) -> LatencyFit:
         return fits.setdefault(model, LatencyFit())
@@ -118,6 +121,15 @@ class EdgeRelease:
     def _log(self, model: str, move: Any) -> None:
         if move is not None:
             log.warning("edge release of %s: %s", model, move.reason)
+            self.pending_moves.append((model, move.stage, move.reason))
+
+    def adopt(self, model: str, stage: int, reason: str, now: float) -> bool:
+        """A stage decided elsewhere in the fleet (or before a restart); True when it moved."""
+        state = self.release.state(model)
+        if stage == state.stage:
+            return False
+        state.adopt(stage, reason, now)
+        return True
 
     # ---- introspection -----------------------------------------------------------------
 

@@ -42,9 +42,11 @@ from typing import Any
 
 from router.clock import Clock, MonotonicClock
 from router.config import FleetConfig
+from router.edge_release import EdgeRelease
 from router.fleet_link import REDIS_FAILURES, RedisLink
 from router.fleet_members import Member, Membership, SketchExchange
 from router.fleet_policy import PolicySync
+from router.fleet_release import ReleaseSync
 from router.policy import FleetDocument
 from router.policy_manager import PolicyManager
 from router.sketch import FrequencySketch
@@ -65,6 +67,7 @@ class FleetSync:
         sketch: FrequencySketch,
         router_id: str | None = None,
         clock: Clock | None = None,
+        release: EdgeRelease | None = None,
     ) -> None:
         """The policy manager that adopts the fleet's documents is given to :meth:`start`:
         it is built with this object as its store, so one of the two comes second."""
@@ -76,6 +79,7 @@ class FleetSync:
         self.url = self.link.url
         self.membership = Membership(self.link, self.router_id, self._policy_version)
         self.sketches = SketchExchange(self.link, self.membership, sketch)
+        self.release = ReleaseSync(self.link, release, self.router_id) if release else None
         self.policy: PolicySync | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -88,7 +92,8 @@ class FleetSync:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def start(self, manager: PolicyManager) -> None:
-        self.policy = PolicySync(self.link, manager)
+        on_release = self.release.sync if self.release is not None else None
+        self.policy = PolicySync(self.link, manager, on_release)
         every = self.link.every
         loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "subscribe": self.policy.subscribe_loop,
@@ -96,6 +101,8 @@ class FleetSync:
             "heartbeat": every(self.config.heartbeat_interval_s, self.membership.beat),
             "sketch": every(self.config.sketch_interval_s, self.sketches.exchange_sketches),
         }
+        if self.release is not None:
+            loops["release"] = every(self.config.poll_interval_s, self.release.sync)
         self._tasks = [
             asyncio.create_task(loop(), name=f"fleet-{name}") for name, loop in loops.items()
         ]
@@ -141,5 +148,6 @@ class FleetSync:
             "sketches_merged": self.sketches.fleet_sketches,
             "sketch_syncs": self.sketches.syncs,
             "refused_documents": dict(self.policy.refused) if self.policy else {},
+            "release_stages_adopted": self.release.adopted if self.release else 0,
             "errors": link.errors,
         }

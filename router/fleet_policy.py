@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from router.fleet_link import REDIS_FAILURES, RedisLink, as_bytes
 from router.policy import FleetDocument, RefusedDocument, decode_document
@@ -40,9 +41,17 @@ return tonumber(ARGV[1])
 
 
 class PolicySync:
-    def __init__(self, link: RedisLink, manager: PolicyManager) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        manager: PolicyManager,
+        on_release: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``on_release``: fetch the edge's release stages (router/fleet_release.py) when
+        the channel says they changed."""
         self.link = link
         self.manager = manager
+        self.on_release = on_release
         self._commit = link.client.register_script(_COMMIT)
         self._restore = link.client.register_script(_RESTORE)
         self.refused: dict[str, int] = {}
@@ -135,7 +144,10 @@ class PolicySync:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        await self.sync_policy()
+                        if message.get("data") == b"release" and self.on_release is not None:
+                            await self.on_release()
+                        else:
+                            await self.sync_policy()
             except REDIS_FAILURES:
                 self.link.reachable = False
                 await asyncio.sleep(poll_s)

@@ -4,6 +4,7 @@ slow, at run time)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -147,3 +148,39 @@ async def test_a_slow_edge_gets_no_hot_misses_until_it_is_fast_again(
             state = (await response.json())["edge"]["release"]["models"]["default"]
     predicted = state["predicted_s"]
     assert predicted["edge"] is not None and predicted["cloud"] is not None
+
+
+async def test_the_fleet_shares_the_stage_and_a_restarted_router_resumes_it(
+    stub: StubFactory, router: RouterFactory, redis_servers: Any
+) -> None:
+    """Router a earns the edge's stages; router b (which saw none of that traffic) shows the
+    same stage, and a router started afterwards begins at it instead of in shadow."""
+    from tests.test_fleet import fleet
+
+    redis = await redis_servers().started()
+    cloud, edge = await stub(), await stub()
+    shared = {
+        "edge": {"endpoints": [edge.url], "release": FAST_RELEASE, "latency": {"factor": 1e6}},
+        "policy": {"pins": [{"route": "hot", "model": "*"}]},
+    }
+    first = await router([cloud.url], fleet=fleet(redis, "a"), **shared)
+    second = await router([cloud.url], fleet=fleet(redis, "b"), **shared)
+    async with aiohttp.ClientSession() as session:
+        await drive_until(session, first.url, lambda r: r["stage"] == 2, [], "earned on a")
+        moved_at = asyncio.get_running_loop().time()
+
+        async def on_second() -> bool:
+            return (await release_of(session, second.url))["stage"] == 2
+
+        await wait_for(on_second, timeout_s=10, message="the stage on router b")
+        elapsed_ms = (asyncio.get_running_loop().time() - moved_at) * 1000
+        print(f"stage in effect on the other router after {elapsed_ms:.0f} ms")
+        state = await release_of(session, second.url)
+        assert "(by a)" in state["last_move"]["reason"]
+        assert await ask(session, second.url, 9999) == "edge"
+        third = await router([cloud.url], fleet=fleet(redis, "c"), **shared)
+
+        async def on_third() -> bool:
+            return (await release_of(session, third.url))["stage"] == 2
+
+        await wait_for(on_third, timeout_s=10, message="a new router resuming the stage")
