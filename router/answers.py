@@ -86,11 +86,14 @@ def plain_response(
     return response
 
 
-def error_response(status: int, document: Any, headers: dict[str, str]) -> web.Response:
-    """An upstream's error answer, forced into the OpenAI error shape."""
+def error_response(
+    status: int, document: Any, headers: dict[str, str], as_msgpack: bool = False
+) -> web.Response:
+    """An upstream's error answer, forced into the OpenAI error shape (msgpack for a client
+    that reads only that)."""
     if not (isinstance(document, dict) and isinstance(document.get("error"), dict)):
         document = error_body(f"upstream answered {status}", "upstream_error", "upstream_error")
-    body, content_type = encode_body(document, as_msgpack=False)
+    body, content_type = encode_body(document, as_msgpack=as_msgpack)
     response = web.Response(body=body, status=status, headers=headers)
     response.content_type = content_type
     return response
@@ -278,12 +281,10 @@ class _ChoiceCapture:
             message: dict[str, Any] = {"role": self.role, "content": "".join(self.content)}
             if self.refusal is not None:
                 message["refusal"] = "".join(self.refusal)
-                if not self.content:
-                    message["content"] = None
             if self.tool_calls:
                 message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-                if not self.content:
-                    message["content"] = None
+            if (self.refusal is not None or self.tool_calls) and not message["content"]:
+                message["content"] = None  # streams open with content "": the answer had none
             choice["message"] = message
         else:
             choice["text"] = "".join(self.content)

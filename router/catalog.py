@@ -97,6 +97,12 @@ class ResolvedModel:
     def edge_name(self) -> str:
         return self.entry.edge_model or self.public
 
+    @property
+    def producers(self) -> str:
+        """Who computes this model's answers: part of the cache key."""
+        edge = self.edge_name if self.entry.edge_allowed else ""
+        return f"{self.entry.pool}\x1f{self.upstream_name}\x1f{edge}"
+
 
 class Catalog:
     def __init__(self, models: tuple[CatalogModel, ...], default: str | None = None) -> None:

@@ -810,8 +810,21 @@ def explain(exc: ValidationError, unknown: str) -> str:
         if error["type"] == "extra_forbidden":
             problems.append(f"{unknown} '{key}'")
         else:
-            problems.append(f"'{key}' = {error.get('input')!r}: {message}")
+            problems.append(f"'{key}' = {_shown(key, error.get('input'))}: {message}")
     return "; ".join(problems)
+
+
+_SECRET_KEYS = re.compile(r"(api_key|token|redis_url|password|secret)", re.IGNORECASE)
+
+
+def _shown(key: str, value: Any) -> str:
+    """A bad value as an error message may show it: scalars only, and never a secret (a
+    section's value would carry every key and token in it into logs and answers)."""
+    if _SECRET_KEYS.search(key):
+        return "(hidden)"
+    if isinstance(value, dict | list | tuple):
+        return "(a section; see the problem named)"
+    return repr(value)
 
 
 @dataclass(frozen=True)

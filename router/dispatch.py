@@ -41,6 +41,7 @@ from hotcold.wire import (
     error_body,
     sse_event,
 )
+from hotcold.wire.codec import accepts_only_msgpack
 from hotcold.wire.sse import SSE_HEADERS, iter_sse_events
 from router.agreement import answer_text
 from router.answers import (
@@ -81,12 +82,21 @@ UNRESOLVED = "unresolved"  # the model label of answers given before a model was
 
 
 def edge_can_answer(request: InferenceRequest) -> bool:
-    """Whether the edge node can answer this request faithfully (whatever its catalog entry)."""
-    return (
-        request.kind != "embeddings"
-        and request.params.choices() == 1
-        and request.body.keys() <= EDGE_FIELDS
-    )
+    """Whether the edge node can answer this request faithfully (whatever its catalog entry):
+    text in, one choice out, and no field, content part or tool turn it would ignore."""
+    if (
+        request.kind == "embeddings"
+        or request.params.choices() != 1
+        or not request.body.keys() <= EDGE_FIELDS
+    ):
+        return False
+    for message in request.body.get("messages") or ():
+        if message.get("role") in ("tool", "function") or message.get("tool_calls"):
+            return False
+        content = message.get("content")
+        if isinstance(content, list) and any(part.get("type") != "text" for part in content):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +113,22 @@ class Decision:
 REQUEST_ID = web.RequestKey("request_id", str)
 DECISION = web.RequestKey("decision", Decision)
 TENANT = web.RequestKey("tenant", str)
+
+
+class EdgeRefused(ApiError):
+    """The edge node answered with an error: the model's cloud pool answers instead."""
+
+    status = 502
+    error_type = "upstream_error"
+    default_code = "edge_refused"
+
+
+def _renamed(document: Any, name: str, public: str) -> Any:
+    """An upstream error document with the upstream's name of the model replaced."""
+    error = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str) or not name:
+        return document
+    return {**document, "error": {**error, "message": error["message"].replace(name, public)}}
 
 
 class Dispatcher:
@@ -167,6 +193,9 @@ class Dispatcher:
     ) -> web.StreamResponse:
         now = self._clock.now()
         model = self.routes.catalog.resolve(request.params.model, request.kind)
+        # The pool is taken now, with the catalog it belongs to: a reload that removes it
+        # while this request waits (coalescing, the edge) cannot leave it without one.
+        pool = self.routes.pool_of(model.entry.pool)
         limits = self._config.server
         for field, value in request.params.output_fields().items():  # each one checked
             if value > limits.max_tokens_ceiling:
@@ -184,7 +213,7 @@ class Dispatcher:
                 code="context_length_exceeded",
                 param={"chat": "messages", "completion": "prompt"}.get(request.kind, "input"),
             )
-        key = request_key(tenant, model.public, request)
+        key = request_key(tenant, model.public, request, model.producers)
         verdict = self._classifier.classify(key.fingerprint, model.public, prompt, now)
         plan = cache_plan(
             CacheFacts(request.params.is_deterministic(), http.headers.get("Cache-Control"))
@@ -211,7 +240,7 @@ class Dispatcher:
         answer: CachedAnswer | None = None
         try:
             response, answer = await self._compute(
-                http, request, model, verdict, label, deadline_at, key.fingerprint
+                http, request, model, pool, verdict, label, deadline_at, key.fingerprint
             )
         finally:
             if leading:
@@ -221,7 +250,7 @@ class Dispatcher:
         # Independent of the threshold on purpose: when the edge is overloaded the threshold
         # rises, and the cache, which costs nothing to serve from, must not take less then.
         if answer is not None and verdict.route == "hot":
-            self._maybe_shadow(http, request, model, answer)
+            self._maybe_shadow(http, request, model, pool, answer)
         rules = self._policy.values.cache
         if answer is not None and plan.write and verdict.estimate >= rules.min_frequency:
             self._cache.put(
@@ -251,6 +280,7 @@ class Dispatcher:
         http: web.Request,
         request: InferenceRequest,
         model: ResolvedModel,
+        cloud: UpstreamPool,
         verdict: Classification,
         label: str,
         deadline_at: float,
@@ -258,7 +288,9 @@ class Dispatcher:
     ) -> tuple[web.StreamResponse, CachedAnswer | None]:
         document = request.upstream_body()  # the one output bound the client has
         if request.stream and not request.params.include_usage():
-            document = {**document, "stream_options": {"include_usage": True}}
+            theirs = document.get("stream_options")
+            options = {**theirs} if isinstance(theirs, dict) else {}
+            document = {**document, "stream_options": {**options, "include_usage": True}}
         headers = {"X-Request-Id": http.get(REQUEST_ID, "")}
         tenant = http[TENANT]
         name = model.entry.name
@@ -309,11 +341,10 @@ class Dispatcher:
                 self._metrics.edge_fallbacks.labels("edge_busy_or_down").inc()
         decision = Decision(verdict.route, label, "cloud", name)
         http[DECISION] = decision
-        pool = self.routes.pool_of(model.entry.pool)
         body = orjson.dumps({**document, "model": model.upstream_name})
         try:
             return await self._from_pool(
-                http, request, model, pool, decision, body, deadline_at, headers
+                http, request, model, cloud, decision, body, deadline_at, headers
             )
         except ApiError:
             http[DECISION] = replace(decision, served_by="router")
@@ -335,14 +366,14 @@ class Dispatcher:
         if request.stream:
             upstream = await pool.open_stream(request.path, body, deadline_at, headers)
             if isinstance(upstream, UpstreamReply):
-                result = self._reply(http, upstream, decision, model.public)
+                result = self._reply(http, upstream, decision, model)
             else:
                 self._observe_edge(decision, upstream.queue_ms, started)
                 result = await self._relay(http, request, upstream, decision, model.public)
         else:
             reply = await pool.complete(request.path, body, deadline_at, headers)
             self._observe_edge(decision, reply.queue_ms, started)
-            result = self._reply(http, reply, decision, model.public)
+            result = self._reply(http, reply, decision, model)
         self._observe_producer(decision, result[1], started)
         return result
 
@@ -368,6 +399,7 @@ class Dispatcher:
         http: web.Request,
         request: InferenceRequest,
         model: ResolvedModel,
+        cloud: UpstreamPool,
         answer: CachedAnswer,
     ) -> None:
         """Sample a hot answer of an edge-eligible model for a comparison with the other
@@ -383,7 +415,7 @@ class Dispatcher:
         if not self.release.take_shadow(under_load):
             return
         other = "cloud" if answer.produced_by == "edge" else "edge"
-        pool = edge if other == "edge" else self.routes.pool_of(model.entry.pool)
+        pool = edge if other == "edge" else cloud
         name = model.edge_name if other == "edge" else model.upstream_name
         document = {**request.body, "model": name, "stream": False}
         document.pop("stream_options", None)
@@ -449,21 +481,28 @@ class Dispatcher:
         self._classifier.controller.observe_queue_delay(queue_ms)
 
     def _reply(
-        self, http: web.Request, reply: UpstreamReply, decision: Decision, public: str
+        self, http: web.Request, reply: UpstreamReply, decision: Decision, model: ResolvedModel
     ) -> tuple[web.Response, CachedAnswer | None]:
         headers = decision.headers()
+        public = model.public
         try:
             document: Any = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
             document = None
+        as_msgpack = accepts_only_msgpack(http.headers.get("Accept"))
         if reply.status >= 400:
-            return error_response(reply.status, document, headers), None
+            if decision.served_by == "edge":  # the edge's refusal is not the client's answer
+                raise EdgeRefused(f"the edge node answered {reply.status}")
+            log.info("%s answered %d: %s", reply.endpoint, reply.status, reply.body[:300])
+            for name in {model.upstream_name, model.edge_name} - {public}:
+                document = _renamed(document, name, public)  # never the upstream's own name
+            return error_response(reply.status, document, headers, as_msgpack), None
         if not isinstance(document, dict):
             log.warning("upstream %s sent a body that is not a JSON object", reply.endpoint)
             bad = error_body(
                 "upstream sent an unreadable answer", "upstream_error", "bad_upstream_answer"
             )
-            return error_response(502, bad, headers), None
+            return error_response(502, bad, headers, as_msgpack), None
         self._count_tokens(http, document.get("usage"), decision.served_by, decision.model)
         body = orjson.dumps(document) if set_model(document, public) else reply.body
         answer = CachedAnswer.of(body, document, decision.served_by)

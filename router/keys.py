@@ -79,10 +79,16 @@ def fingerprint_of(*parts: bytes) -> tuple[int, str]:
     return int.from_bytes(digest, "big"), digest.hex()
 
 
-def request_key(tenant: str, model: str, request: InferenceRequest) -> RequestKey:
-    """``model``: the public name the catalog resolved the request's model to."""
+def request_key(
+    tenant: str, model: str, request: InferenceRequest, producers: str = ""
+) -> RequestKey:
+    """``model``: the public name the catalog resolved the request's model to; ``producers``:
+    who may compute it (pool, upstream model, edge model), so that a catalog change never
+    serves answers another producer made for the old entry."""
     canonical = orjson.dumps(canonical_document(request), option=orjson.OPT_SORT_KEYS)
-    fingerprint, digest = fingerprint_of(tenant.encode(), model.encode(), canonical)
+    fingerprint, digest = fingerprint_of(
+        tenant.encode(), model.encode(), producers.encode(), canonical
+    )
     return RequestKey(tenant, model, fingerprint, digest)
 
 

@@ -301,7 +301,10 @@ class UpstreamPool:
                     endpoint.breaker.release_trial()
                     outcome = "refused"
                     raise _Retryable(f"refused with {status}")
-                if status >= 500:
+                if status >= 500 or status in (401, 403):
+                    # 401/403: the endpoint refused *our* credentials (a bad or rotated key),
+                    # not the client's request: eject it and try another, never tell the
+                    # client its own key is wrong.
                     outcome = "failed"
                     endpoint.observe_failure(f"status {status}")
                     raise _Retryable(f"answered {status}")

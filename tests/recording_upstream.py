@@ -75,8 +75,9 @@ async def _inference(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(await request.read())
     recorder.seen.append(Seen(request.path, body, request.headers.get("Authorization")))
     if recorder.fail_with is not None:
+        message = f"the model '{body.get('model')}' fails on purpose"
         return web.json_response(
-            {"error": {"message": "recorder fails on purpose", "type": "server_error"}},
+            {"error": {"message": message, "type": "invalid_request_error"}},
             status=recorder.fail_with,
         )
     document = _answer(recorder, request.path, body)

@@ -88,3 +88,22 @@ def test_the_catalog_example_is_valid() -> None:
     assert catalog.resolve(None, "chat").entry.name == "chat-small"
     assert catalog.resolve("embed", "embeddings").upstream_name == "BAAI/bge-m3"
     assert [m.name for m in catalog.models if m.edge_allowed] == ["chat-small"]
+
+
+def test_config_errors_never_show_a_key_or_a_section() -> None:
+    from router.errors import ConfigError
+
+    secret = "sk-live-0123456789abcdef"
+    with pytest.raises(ConfigError) as caught:
+        build_config({"cloud": {"api_key": secret, "api_key_env": "X"}})
+    assert secret not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        build_config(
+            {
+                "admin": {"token": "admin-token-0123456789"},
+                "cloud": {"api_key": secret},
+                "models": {"catalog": [{"name": "m", "pool": "nowhere"}]},
+            }
+        )
+    message = str(caught.value)
+    assert secret not in message and "admin-token" not in message and "nowhere" in message

@@ -528,3 +528,87 @@ async def test_the_upstream_gets_the_one_output_bound_the_client_has(
     )
     forwarded = fleet["a"].bodies()[-1]
     assert forwarded["max_tokens"] == forwarded["max_completion_tokens"] == 5
+
+
+async def test_an_upstream_that_refuses_our_key_is_ejected_and_the_client_never_sees_401(
+    stub: StubFactory,
+) -> None:
+    """A pool member with a bad or rotated key answers 401: that is the router's credential,
+    not the client's, so the request goes to another member and the member is ejected."""
+    bad, good = await start_recorder("bad"), await start_recorder("good")
+    bad.fail_with = 401
+    settings = {
+        "cloud": {"endpoints": []},
+        "pools": {"p": {"endpoints": [bad.url, good.url], **FAST_POOL}},
+        "models": {"catalog": [{"name": "m", "pool": "p"}]},
+    }
+    front = await start_router(settings)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(4):
+                async with session.post(
+                    front.url + "/v1/chat/completions", json={"model": "m", "messages": HI}
+                ) as response:
+                    assert response.status == 200
+            async with session.get(front.url + "/readyz") as response:
+                states = {
+                    e["url"]: e["state"]
+                    for e in (await response.json())["cloud"]["pools"]["p"]["endpoints"]
+                }
+        assert states[bad.url] != "closed" and states[good.url] == "closed"
+    finally:
+        await front.close()
+        for recorder in (bad, good):
+            assert recorder.server is not None
+            await recorder.server.close()
+
+
+async def test_an_upstream_error_names_the_public_model_not_the_upstreams(
+    fleet: dict[str, Any],
+) -> None:
+    fleet["a"].fail_with = 400
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            fleet["router"].url + "/v1/chat/completions",
+            json={"model": "chat-large", "messages": HI},
+        ) as response:
+            text = await response.text()
+            assert response.status == 400
+        assert "llama-70b-instruct" not in text and "chat-large" in text
+        async with session.post(
+            fleet["router"].url + "/v1/chat/completions",
+            data=msgpack.packb({"model": "chat-large", "messages": HI}),
+            headers={"Content-Type": "application/msgpack", "Accept": "application/msgpack"},
+        ) as response:
+            assert response.content_type == "application/msgpack"
+            assert msgpack.unpackb(await response.read())["error"]["message"]
+
+
+async def test_images_and_tool_turns_are_never_sent_to_the_text_edge(
+    fleet: dict[str, Any],
+) -> None:
+    client = async_sdk(fleet["router"])
+    image = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+    ]
+    raw = await client.chat.completions.with_raw_response.create(
+        model="chat-small", messages=[{"role": "user", "content": image}], temperature=0.5
+    )
+    assert raw.headers["X-Route"] == "hot" and raw.headers["X-Served-By"] == "cloud"
+    turns: list[Any] = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    raw = await client.chat.completions.with_raw_response.create(
+        model="chat-small", messages=turns, temperature=0.5
+    )
+    assert raw.headers["X-Served-By"] == "cloud"
+    assert await requests_to(fleet["edge"]) == 0
