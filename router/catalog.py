@@ -32,14 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotcold.wire import BadRequest, ModelNotFound
+from hotcold.wire.schema import PATHS as _API_PATHS
 from router.config import ModelConfig, RouterConfig
 
-ALL_APIS = ("chat", "completion", "embeddings")
-_API_PATHS = {
-    "chat": "/v1/chat/completions",
-    "completion": "/v1/completions",
-    "embeddings": "/v1/embeddings",
-}
+ALL_APIS = tuple(_API_PATHS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +100,13 @@ class ResolvedModel:
         return f"{self.entry.pool}\x1f{self.upstream_name}\x1f{edge}"
 
 
+def not_found(name: str) -> ModelNotFound:
+    """OpenAI's answer for a model it does not know."""
+    return ModelNotFound(
+        f"The model '{name}' does not exist or you do not have access to it.", param="model"
+    )
+
+
 class Catalog:
     def __init__(self, models: tuple[CatalogModel, ...], default: str | None = None) -> None:
         self.models = models
@@ -159,10 +162,7 @@ class Catalog:
             requested = self.default
         resolved = self.find(requested)
         if resolved is None:
-            raise ModelNotFound(
-                f"The model '{requested}' does not exist or you do not have access to it.",
-                param="model",
-            )
+            raise not_found(requested)
         if api not in resolved.entry.apis:
             raise ModelNotFound(
                 f"The model '{resolved.public}' is not served on {_API_PATHS[api]} "

@@ -10,11 +10,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hotcold.http import read_document, respond
 from hotcold.wire import (
-    ModelNotFound,
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
 )
+from router.catalog import not_found
 from router.parts import parts_of
 from router.upstream import UpstreamPool
 
@@ -50,9 +50,7 @@ async def model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     resolved = parts_of(request).dispatcher.routes.catalog.find(name)
     if resolved is None:
-        raise ModelNotFound(
-            f"The model '{name}' does not exist or you do not have access to it.", param="model"
-        )
+        raise not_found(name)
     return respond(request, {**resolved.entry.describe(), "id": resolved.public})
 
 

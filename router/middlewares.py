@@ -13,15 +13,12 @@ from aiohttp import web
 from hotcold.http import Handler
 from hotcold.logs import REQUEST_ID as REQUEST_ID_CONTEXT
 from hotcold.wire import ServiceUnavailable
+from hotcold.wire.schema import PATHS
 from router.dispatch import DECISION, REQUEST_ID, Decision
 from router.parts import parts_of
 
 access = logging.getLogger("hotcold.access")  # one line per inference answer
-_INFERENCE_PATHS = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completion",
-    "/v1/embeddings": "embeddings",
-}
+_INFERENCE_PATHS = {path: api for api, path in PATHS.items()}
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Answers the router gives itself (bad input, no upstream) before or instead of routing.
 ROUTER_ANSWER = Decision(route="cold", cache="bypass", served_by="router")

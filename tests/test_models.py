@@ -485,9 +485,11 @@ async def test_the_catalog_reloads_from_the_file_without_a_restart(
 async def test_a_new_pool_answers_once_its_prober_sees_it(stub: StubFactory) -> None:
     """An ejected endpoint of a catalog pool is probed back in on its health path."""
     member = await stub()
+    # Open for 300 s: only the prober (on /health) can take it back within the deadline.
+    slow_to_trial = {**FAST_POOL, "breaker": {"failure_threshold": 1, "open_s": 300}}
     settings = {
         "cloud": {"endpoints": []},
-        "pools": {"p": {"endpoints": [member.url], "health_path": "/health", **FAST_POOL}},
+        "pools": {"p": {"endpoints": [member.url], "health_path": "/health", **slow_to_trial}},
         "models": {"catalog": [{"name": "m", "pool": "p"}]},
     }
     front = await start_router(settings)
@@ -505,6 +507,7 @@ async def test_a_new_pool_answers_once_its_prober_sees_it(stub: StubFactory) -> 
                 ) as response:
                     assert response.status in (500, 503)
             await session.post(member.url + "/admin/faults", json={"error_rate": 0.0})
+            assert metric(await scrape(member.url), "hotcold_stub_requests_total") >= 1
 
             async def answers() -> bool:
                 async with session.post(
