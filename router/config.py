@@ -123,7 +123,7 @@ class BreakerConfig(_Frozen):
 
 class HealthConfig(_Frozen):
     probe_interval_s: float = Field(default=0.5, gt=0)
-    """seconds between looks for ejected endpoints due a probe (GET /healthz); healthy endpoints
+    """seconds between probes of ejected endpoints (GET health_path); healthy endpoints
     are not polled
     """
     probe_timeout_s: float = Field(default=1.0, gt=0)
@@ -180,7 +180,9 @@ class PoolConfig(_Frozen):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     """seconds to open a TCP connection to an endpoint"""
     max_connections: int = Field(default=1024, ge=1)
-    """keep-alive connections kept open to the whole pool (the bound on upstream sockets)"""
+    """upstream sockets: the router keeps one client connection pool for every upstream, and
+    the `cloud` section's value bounds it (the same key in other pools and the edge is not
+    used yet)"""
     backoff: BackoffConfig = BackoffConfig()
     """pause between attempts: uniform in [0, min(cap, base * 2^(n-1))]"""
     breaker: BreakerConfig = BreakerConfig()
