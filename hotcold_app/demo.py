@@ -161,6 +161,29 @@ def main(
     return 0 if result is not None and result.failed == 0 else 1
 
 
+def release_lines(policy: dict[str, Any]) -> list[str]:
+    """Why the edge gets the traffic it gets: per model, its stage and agreement, and the
+    edge's predicted time against the cloud's."""
+    release = (policy.get("edge") or {}).get("release") or {}
+    lines = []
+    for model, state in (release.get("models") or {}).items():
+        predicted = state.get("predicted_s") or {}
+        agreement = state.get("agreement")
+        edge_s, cloud_s = predicted.get("edge"), predicted.get("cloud")
+        times = (
+            f"predicted {edge_s:.2f} s at the edge vs {cloud_s:.2f} s in the cloud"
+            f" for {predicted.get('tokens')} tokens (budget {release['budget']['factor']:g}x)"
+            if edge_s is not None and cloud_s is not None
+            else "edge or cloud not measured yet"
+        )
+        lines.append(
+            f"edge release of {model}: {state['stage_name']}"
+            f" (agreement {'n/a' if agreement is None else f'{agreement:.2f}'}"
+            f" over {state['samples']} samples; {state['last_move']['reason']}); {times}"
+        )
+    return lines
+
+
 def _print_summary(console: Console, stack: Stack, result: LoadResult) -> None:
     by_route = result.count_by("route")
     edge = sum(1 for s in result.samples if s.served_by in ("cache", "edge"))
@@ -177,6 +200,8 @@ def _print_summary(console: Console, stack: Stack, result: LoadResult) -> None:
             f"{cache['entries']} entries, hit ratio {cache['hit_ratio']:.0%}, "
             f"eviction policy {cache['policy']}"
         )
+        for line in release_lines(policy):
+            console.print(line)
     line = cost_line(stack.dashboard)
     if line:
         console.print(line)
