@@ -200,8 +200,8 @@ def _print_summary(console: Console, stack: Stack, result: LoadResult) -> None:
             f"{cache['entries']} entries, hit ratio {cache['hit_ratio']:.0%}, "
             f"eviction policy {cache['policy']}"
         )
-        for line in release_lines(policy):
-            console.print(line)
+        for release in release_lines(policy):
+            console.print(release)
     line = cost_line(stack.dashboard)
     if line:
         console.print(line)
