@@ -297,6 +297,10 @@ def check_stream(path: str, text: str) -> None:
         if "error" in document:
             check_error(document["error"])
             finished = "error"
+        elif chunk is Completion:  # a chunk's finish_reason is null until its last one
+            choices = [{**c, "finish_reason": c.get("finish_reason") or "stop"}
+                       for c in document.get("choices", [])]  # fmt: skip
+            Completion.model_validate({**document, "choices": choices})
         else:
             chunk.model_validate(document)
     assert finished is not None, f"the stream was cut off: {text[-200:]}"
