@@ -32,6 +32,12 @@ def _bench_node(argv: list[str]) -> int:
     return node.main(argv)
 
 
+def _bench_edge(argv: list[str]) -> int:
+    from bench import edge
+
+    return edge.main(argv)
+
+
 def _bench_soak(argv: list[str]) -> int:
     from bench import soak
 
@@ -43,6 +49,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "policy": _bench_policy,
     "node": _bench_node,
     "soak": _bench_soak,
+    "edge": _bench_edge,
 }
 
 

@@ -249,7 +249,9 @@ class Dispatcher:
         # measured as best decides what stays. Strict mode (2) keeps only keys seen twice.
         # Independent of the threshold on purpose: when the edge is overloaded the threshold
         # rises, and the cache, which costs nothing to serve from, must not take less then.
-        if answer is not None and verdict.route == "hot":
+        if answer is not None and request.params.is_deterministic():
+            # Only deterministic answers are compared: two samples of a sampled request
+            # differ whoever computes them, so their agreement would measure nothing.
             self._maybe_shadow(http, request, model, pool, answer)
         rules = self._policy.values.cache
         if answer is not None and plan.write and verdict.estimate >= rules.min_frequency:

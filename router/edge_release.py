@@ -85,8 +85,9 @@ class EdgeRelease:
         return EdgeVerdict(earned, fast, reason, edge_s, cloud_s)
 
     def take_shadow(self, under_load: bool) -> bool:
-        """Whether to sample this request for a comparison; shed first under load."""
-        if not self.enabled or self._rng.random() >= self.params.shadow_rate:
+        """Whether to sample this request for a comparison; shed first under load. Taken
+        with the release off too: the edge's agreement is worth knowing either way."""
+        if self._rng.random() >= self.params.shadow_rate:
             return False
         if under_load or self.shadow_inflight >= self.max_shadow_inflight:
             self.shadows["shed"] += 1

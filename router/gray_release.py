@@ -5,7 +5,8 @@ model moves through stages::
 
     shadow (0)  ->  share[0] of hot misses  ->  share[1]  ->  ...  ->  1.0 (all hot misses)
 
-In every stage a sample of hot requests (``shadow_rate``) is also computed by the other side
+In every stage a sample of deterministic requests (``shadow_rate``; two samples of a sampled
+request differ whoever computes them) is also computed by the other side
 (the edge while the cloud serves, the cloud once the edge serves) and the two answers are
 scored for agreement (router/agreement.py); edge attempts are counted as ok or failed, and
 their latency is compared with the cloud's. Over the last ``window`` observations:
