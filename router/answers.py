@@ -305,6 +305,7 @@ class StreamCapture:
         self._public = public_model
         self._choices: dict[int, _ChoiceCapture] = {}
         self._first: dict[str, Any] | None = None
+        self.upstream_model: Any = None  # the producer's own name for the model
         self._fingerprint: Any = None
         self.usage: dict[str, Any] | None = None
         self.done = False
@@ -329,6 +330,7 @@ class StreamCapture:
             return event
         if self._first is None:
             self._first = chunk
+            self.upstream_model = chunk.get("model")  # before it is renamed below
         if not chunk.keys() <= _CHUNK_KEYS:
             self.faithful = False
         if chunk.get("system_fingerprint") is not None:

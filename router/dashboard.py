@@ -164,6 +164,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
             "outstanding": state.edge.outstanding if state.edge else 0,
             "max_inflight": state.config.edge.max_inflight,
             "node": recorder.edge_node,
+            "release": state.dispatcher.release.snapshot(),
         },
         "cloud": [e for pool in state.routes.pools for e in pool_snapshot(pool)],
         "cost": {

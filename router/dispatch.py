@@ -455,6 +455,8 @@ class Dispatcher:
                 self.release.shadows["failed"] += 1
                 self.release.observe(name, other, False, now - started, None, now)
                 return
+            if other == "edge":
+                self.release.observe_edge_model(document.get("model"), now)
             usage = document.get("usage") or {}
             tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
             self.release.observe(
@@ -506,6 +508,8 @@ class Dispatcher:
             )
             return error_response(502, bad, headers, as_msgpack), None
         self._count_tokens(http, document.get("usage"), decision.served_by, decision.model)
+        if decision.served_by == "edge":
+            self.release.observe_edge_model(document.get("model"), self._clock.now())
         body = orjson.dumps(document) if set_model(document, public) else reply.body
         answer = CachedAnswer.of(body, document, decision.served_by)
         return plain_response(http, document, body, headers), answer
@@ -541,6 +545,8 @@ class Dispatcher:
         finally:
             upstream.close()  # no-op after a clean end; frees the upstream slot otherwise
         self._count_tokens(http, capture.usage, decision.served_by, decision.model)
+        if decision.served_by == "edge":
+            self.release.observe_edge_model(capture.upstream_model, self._clock.now())
         return response, capture.answer(decision.served_by)
 
     def _count_tokens(self, http: web.Request, usage: Any, served_by: str, model: str) -> None:

@@ -62,6 +62,7 @@ class EdgeRelease:
         self._rng = rng or random.Random()
         # Moves made here on this router's evidence, for the fleet (router/fleet_release.py).
         self.pending_moves: deque[tuple[str, int, str]] = deque(maxlen=256)
+        self.edge_model: str | None = None  # what the edge node says it runs
 
     def _fit(self, fits: dict[str, LatencyFit], model: str) -> LatencyFit:
         return fits.setdefault(model, LatencyFit())
@@ -113,6 +114,23 @@ class EdgeRelease:
             self._fit(self._cloud_fit, model).observe(tokens, seconds)
             self.release.state(model).record_cloud(seconds)
 
+    def observe_edge_model(self, name: object, now: float) -> None:
+        """The model the edge node answered with: a new one (a new version loaded, or a
+        restart with another --model) is a new candidate, back to shadow to earn its stages
+        again, and its latency is measured afresh."""
+        if not isinstance(name, str) or not name or name == self.edge_model:
+            return
+        previous, self.edge_model = self.edge_model, name
+        if previous is None:
+            return
+        reason = f"new edge model {name} (was {previous}): back to shadow"
+        for model, state in self.release.models.items():
+            if state.stage != 0:
+                state.adopt(0, reason, now)
+                self.pending_moves.append((model, 0, reason))
+        self._edge_fit.clear()
+        log.warning("%s", reason)
+
     def compare(self, model: str, edge_text: str, cloud_text: str, now: float) -> float:
         score = self.scorer(edge_text, cloud_text)
         self.shadows["compared"] += 1
@@ -150,6 +168,7 @@ class EdgeRelease:
             }
         return {
             "enabled": self.enabled,
+            "edge_model": self.edge_model,
             "budget": {
                 "factor": self.budget.factor,
                 "ceiling_s": self.budget.ceiling_s,

@@ -139,3 +139,20 @@ def test_the_budget_keeps_a_slow_edge_out_unless_cost_comes_first() -> None:
     assert not budget.allows_edge(3.5, 10.0)[0]  # over the absolute ceiling
     assert budget.allows_edge(None, 0.6)[0]  # not measured yet: let it be measured
     assert LatencyBudget(cost_first=True).allows_edge(100.0, 0.1) == (True, "cost first")
+
+
+def test_a_new_edge_model_is_a_new_candidate_back_in_shadow() -> None:
+    from router.config import EdgeConfig
+    from router.edge_release import EdgeRelease
+
+    release = EdgeRelease(EdgeConfig(release={"min_samples": 2, "shares": (0.5, 1.0)}))
+    release.observe_edge_model("SmolLM2-135M-Instruct", 0.0)
+    for _ in range(4):
+        release.compare("chat", "paris", "paris", 1.0)
+    assert release.state("chat").share == 1.0
+    release.observe_edge_model("SmolLM2-135M-Instruct", 2.0)  # the same model: nothing moves
+    assert release.state("chat").share == 1.0
+    release.observe_edge_model("SmolLM2-360M-Instruct", 3.0)
+    state = release.state("chat")
+    assert state.share == 0.0 and "new edge model" in state.last_move.reason
+    assert release.pending_moves[-1][:2] == ("chat", 0)  # the fleet hears of it too
