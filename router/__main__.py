@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import sys
 
 from hotcold.logs import setup_logging
@@ -47,8 +48,29 @@ def build_server(
         max_header_bytes=config.server.max_header_bytes,
         max_headers=config.server.max_headers,
         idle_timeout_s=config.server.idle_timeout_s,
-        max_connections=config.server.max_connections,
+        header_timeout_s=config.server.header_timeout_s,
+        max_connections=connection_cap(config),
     )
+
+
+def connection_cap(config: RouterConfig) -> int:
+    """``server.max_connections``, within what the process may open: a cap above the
+    descriptor limit would run out of descriptors (and fail upstream and Redis calls) first."""
+    wanted = config.server.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    reserve = config.cloud.max_connections + 64  # upstream sockets, Redis, logs, files
+    if soft == resource.RLIM_INFINITY or wanted + reserve <= soft:
+        return wanted
+    cap = max(1, soft - reserve)
+    logging.getLogger("hotcold.router").warning(
+        "server.max_connections %d is over what the descriptor limit (%d, less %d reserved)"
+        " allows: capped at %d; raise the limit (ulimit -n) for more",
+        wanted,
+        soft,
+        reserve,
+        cap,
+    )
+    return cap
 
 
 def main(argv: list[str] | None = None) -> int:

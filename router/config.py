@@ -96,9 +96,13 @@ class ServerConfig(_Frozen):
     """seconds a connection may wait for a complete request's headers (a new one, or the next
     request on a kept-alive one); then it is closed, so slow-header and idle clients cannot
     hold the gateway's connections"""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """seconds a new connection may take to send its first request's headers (a client
+    trickling them is closed then; later requests are bounded by idle_timeout_s)"""
     max_connections: int = Field(default=10_000, ge=1)
     """open client connections (file descriptors); beyond, a new connection gets an immediate
-    503 too_many_connections and is closed"""
+    503 too_many_connections and is closed. Lowered at start to the process's descriptor
+    limit less a reserve for upstreams, Redis and files, with a warning"""
     max_prompt_chars: int = Field(default=200_000, ge=1)
     """a longer prompt is refused: 400 context_length_exceeded"""
     max_tokens_ceiling: int = Field(default=8192, ge=1)

@@ -124,3 +124,15 @@ async def test_the_parsers_own_errors_are_in_the_openai_shape(
     assert len(headers[b"X-Request-Id"]) == 32
     error = orjson.loads(body)["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "bad_http_request"
+
+
+def test_the_connection_cap_stays_within_the_descriptor_limit() -> None:
+    import resource
+
+    from router.__main__ import connection_cap
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    huge = build_config({"server": {"max_connections": 10_000_000}})
+    assert connection_cap(huge) < soft
+    small = build_config({"server": {"max_connections": 100}})
+    assert connection_cap(small) == 100
