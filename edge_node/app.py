@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from edge_node.admin import draining_lifecycle, post_model
 from edge_node.config import EdgeNodeConfig
 from edge_node.handlers import (
     STATE,
@@ -34,18 +35,24 @@ def create_app(config: EdgeNodeConfig, loaded: LoadedModel) -> web.Application:
     async def runner_lifecycle(app: web.Application) -> AsyncIterator[None]:
         batching = BatchingConfig(config.max_batch, config.batch_window_ms, config.max_queue)
         runner = Runner(loaded.model, loaded.tokenizer, loaded.device, batching, edge_metrics)
-        edge_metrics.watch(lambda: runner.waiting, lambda: runner.active, device_allocated)
-        app[STATE] = EdgeState(config, loaded, runner, edge_metrics)
+        state = EdgeState(config, loaded, runner, edge_metrics)
+        # The runner is read from the state: POST /admin/model replaces it.
+        edge_metrics.watch(
+            lambda: state.runner.waiting, lambda: state.runner.active, device_allocated
+        )
+        app[STATE] = state
         runner.start()
         try:
             yield
         finally:
-            await runner.stop()
+            await state.runner.stop()
 
+    app.cleanup_ctx.append(draining_lifecycle)
     app.cleanup_ctx.append(runner_lifecycle)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/admin/model", post_model)
     return app

@@ -248,7 +248,7 @@ async def completions(http: web.Request) -> web.StreamResponse:
     return await _complete(http, parse_completion_request(await read_document(http)))
 
 
-def _model_info(state: EdgeState) -> dict[str, Any]:
+def model_info(state: EdgeState) -> dict[str, Any]:
     loaded = state.loaded
     return {
         "model": loaded.name,
@@ -272,7 +272,7 @@ async def models(http: web.Request) -> web.Response:
                     "object": "model",
                     "created": 0,
                     "owned_by": "hotcold-edge",
-                    **_model_info(state),
+                    **model_info(state),
                 }
             ],
         },
@@ -285,7 +285,7 @@ async def healthz(http: web.Request) -> web.Response:
         http,
         {
             "status": "ok",
-            **_model_info(state),
+            **model_info(state),
             "queued": state.runner.waiting,
             "active": state.runner.active,
             "memory": {

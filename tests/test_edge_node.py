@@ -206,3 +206,31 @@ def test_tiny_model_path_is_a_model_folder(tmp_path: Path) -> None:
 
     with pytest.raises(WeightsError):
         resolve_model(str(tmp_path))
+
+
+async def test_a_new_model_version_is_loaded_in_place_without_a_restart(
+    node: Server, tmp_path: Path
+) -> None:
+    """POST /admin/model loads another model while the node keeps serving; answers then name
+    the new model (the router sees a new candidate and sends it back to shadow)."""
+    second = build_tiny_model(tmp_path / "tiny-v2")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(node.url + "/healthz") as response:
+            before = (await response.json())["model"]
+        asking = asyncio.create_task(
+            session.post(node.url + "/v1/chat/completions", json=chat("x"))
+        )
+        async with session.post(
+            node.url + "/admin/model", json={"model": str(second), "name": "tiny@v2"}
+        ) as response:
+            assert response.status == 200, await response.text()
+            document = await response.json()
+        assert document["previous"] == before and document["model"] == "tiny@v2"
+        answer = await asking
+        assert answer.status == 200  # a request in flight during the swap is answered
+        answer.release()
+        async with session.post(node.url + "/v1/chat/completions", json=chat("y")) as response:
+            assert response.status == 200
+            assert (await response.json())["model"] == "tiny@v2"
+        async with session.post(node.url + "/admin/model", json={"model": ""}) as response:
+            assert response.status == 400
