@@ -23,12 +23,13 @@ from cloud_stub.handlers import (
 )
 from cloud_stub.latency import LatencyModel
 from cloud_stub.metrics import StubMetrics
-from hotcold.http import MAX_BODY_BYTES, error_middleware
+from hotcold.http import MAX_BODY_BYTES, error_middleware, install_request_ids
 
 
 def create_app(config: StubConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
     app[MAX_BODY_BYTES] = config.max_body_bytes
+    install_request_ids(app)
     rates = FaultRates(config.error_rate, config.drop_rate, config.slow_rate, config.slow_ms)
     admission = Admission(config.max_concurrency, config.max_queue)
     app[STATE] = StubState(

@@ -21,7 +21,7 @@ from edge_node.handlers import (
 from edge_node.metrics import EdgeMetrics
 from edge_node.model import LoadedModel
 from edge_node.runner import BatchingConfig, Runner
-from hotcold.http import MAX_BODY_BYTES, error_middleware
+from hotcold.http import MAX_BODY_BYTES, error_middleware, install_request_ids
 
 
 def create_app(config: EdgeNodeConfig, loaded: LoadedModel) -> web.Application:
@@ -29,6 +29,7 @@ def create_app(config: EdgeNodeConfig, loaded: LoadedModel) -> web.Application:
     task lives with the application."""
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
     app[MAX_BODY_BYTES] = config.max_body_bytes
+    install_request_ids(app)
     edge_metrics = EdgeMetrics()
     edge_metrics.model_bytes.set(loaded.footprint_bytes)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +43,24 @@ _HTTP_STATUS_TYPES = {
     413: ("invalid_request_error", "payload_too_large"),
     415: ("invalid_request_error", "unsupported_media_type"),
 }
+
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    if "X-Request-Id" not in response.headers:
+        offered = request.headers.get("X-Request-Id", "")
+        response.headers["X-Request-Id"] = (
+            offered if _CLIENT_ID.match(offered) else uuid.uuid4().hex
+        )
+
+
+def install_request_ids(app: web.Application) -> None:
+    """Every answer of the app names its request (the client's ``X-Request-Id`` when it sent
+    a well-formed one, else a fresh one), errors and streams included: the header is set as
+    the response is prepared. The router sets its own (with logging context) first."""
+    app.on_response_prepare.append(_add_request_id)
 
 
 def respond(
