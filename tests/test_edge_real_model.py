@@ -66,17 +66,15 @@ async def test_through_the_router_edge_computes_once_then_cache(
     edge: Server, stub: StubFactory, router: RouterFactory
 ) -> None:
     cloud = await stub()
-    front = await router(
-        [cloud.url],
-        edge={"endpoints": [edge.url], "timeout_s": 60},
-        server={"request_deadline_s": 60},
-    )
     served = []
     # Strict admission so the first sighting is not cached: the second is computed by the
-    # edge node (hot), the rest come from the cache.
+    # edge node (hot), the rest come from the cache. The edge is unjudged here (no gray
+    # release, cost first): this test is about the real model behind the router, not about
+    # how it earns its traffic (tests/test_release.py).
+    unjudged = {"release": {"enabled": False}, "latency": {"cost_first": True}}
     front = await router(
         [cloud.url],
-        edge={"endpoints": [edge.url], "timeout_s": 60},
+        edge={"endpoints": [edge.url], "timeout_s": 60, **unjudged},
         server={"request_deadline_s": 60},
         cache={"min_frequency": 2},
     )
