@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hmac
 import re
 from typing import Any
 
@@ -33,12 +32,12 @@ from hotcold.wire import (
     ServiceUnavailable,
     Unauthorized,
 )
+from router.access import is_admin, valid_token
 from router.dashboard import dashboard_data, dashboard_page
 from router.parts import parts_of
 from router.policy import PolicyError
 from router.policy_manager import StoreUnavailable, VersionConflict
 from router.sessions import COOKIE
-from router.tenants import bearer_token
 
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
 
@@ -166,10 +165,6 @@ async def reload_config(request: web.Request) -> web.Response:
     return respond(request, document, status=200 if result.ok else 422)
 
 
-def _valid_token(offered: str | None, token: str) -> bool:
-    return offered is not None and hmac.compare_digest(offered.encode(), token.encode())
-
-
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One check for every admin route and the dashboard: the admin bearer token, or the
@@ -177,18 +172,17 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     browser in: a valid token gets a session cookie and a redirect to the same page without
     the token in its address; an invalid one gets 401 and no cookie. Open mode without a
     token."""
+    if is_admin(request):
+        return await handler(request)
     parts = parts_of(request)
     token = parts.config.admin.token
-    if token is None or _valid_token(bearer_token(request), token):
-        return await handler(request)
-    now = parts.clock.now()
-    if "token" in request.query:
-        if not _valid_token(request.query["token"], token):
+    if "token" in request.query and token is not None:
+        if not valid_token(request.query["token"], token):
             raise Unauthorized("the admin token is not valid")
         response = web.HTTPFound(request.path)
         response.set_cookie(
             COOKIE,
-            parts.sessions.issue(now),
+            parts.sessions.issue(parts.clock.now()),
             max_age=int(parts.sessions.ttl_s),
             path="/admin",
             httponly=True,
@@ -196,8 +190,6 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
             secure=request.secure or None,
         )
         raise response
-    if parts.sessions.valid(request.cookies.get(COOKIE), now):
-        return await handler(request)
     raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
 
 

@@ -488,6 +488,12 @@ class AdminConfig(_Frozen):
         None, min_length=16, env="HOTCOLD_ADMIN_TOKEN", flag="--admin-token"
     )
     """bearer token of the admin API, 16+ characters"""
+    public_metrics: bool = False
+    """true: /metrics answers anyone (a scraper on a trusted network); false: it needs the
+    admin token (Prometheus sends it with authorization: {credentials: ...})"""
+    public_readiness_details: bool = False
+    """true: /readyz shows pools, endpoints and the fleet to anyone; false: anyone gets only
+    {ready} and its status, the admin token the details"""
     watch_config_s: float = Field(default=2.0, ge=0)
     """re-read this file when it changes, checked every N seconds (0: only on SIGHUP or POST
     /admin/reload). Only the live policy (policy.threshold min/max/history_weight,

@@ -10,10 +10,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hotcold.http import read_document, respond
 from hotcold.wire import (
+    Unauthorized,
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
 )
+from router.access import is_admin
 from router.catalog import not_found
 from router.parts import parts_of
 from router.upstream import UpstreamPool
@@ -100,9 +102,15 @@ async def readyz(request: web.Request) -> web.Response:
         # Reported, never deciding: a router without Redis serves on its last policy.
         "fleet": parts_of(request).fleet_status(),
     }
-    return respond(request, document, status=200 if cloud_ready else 503)
+    status = 200 if cloud_ready else 503
+    if not (parts_of(request).config.admin.public_readiness_details or is_admin(request)):
+        document = {"ready": cloud_ready}  # nothing internal for anyone else
+    return respond(request, document, status=status)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(parts_of(request).metrics.registry)
+    parts = parts_of(request)
+    if not (parts.config.admin.public_metrics or is_admin(request)):
+        raise Unauthorized("/metrics needs 'Authorization: Bearer <admin token>'")
+    body = generate_latest(parts.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

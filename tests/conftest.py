@@ -6,6 +6,7 @@ servers (``stub_process``) can be killed with SIGKILL like a real machine dying.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -92,8 +93,11 @@ def processes() -> Iterator[Callable[..., ServiceProcess]]:
 
 @pytest.fixture
 def redis_servers() -> Iterator[Callable[..., RedisProcess]]:
-    """Real redis-server processes on free loopback ports (skips when none is installed)."""
+    """Real redis-server processes on free loopback ports. In CI a missing redis-server is a
+    failure, never a skip (scripts/test installs it); elsewhere the fleet tests skip."""
     if redis_server_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed: scripts/test installs it in CI")
         pytest.skip("redis-server is not installed")
     started: list[RedisProcess] = []
 

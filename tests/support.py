@@ -43,9 +43,17 @@ async def is_up(url: str) -> bool:
         return False
 
 
-async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """A service's /metrics as {(sample name, sorted labels): value}."""
-    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+async def scrape(
+    url: str, token: str | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A service's /metrics as {(sample name, sorted labels): value} (``token``: the admin
+    token a router with one asks for)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/metrics", headers=headers) as response,
+    ):
+        assert response.status == 200, await response.text()
         text = await response.text()
     samples = {}
     for family in text_string_to_metric_families(text):

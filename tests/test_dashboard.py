@@ -225,3 +225,33 @@ def test_sessions_expire_and_cannot_be_forged() -> None:
     assert not sessions.valid(f"{float(expiry) + 3600}.{signature}", 1001.0)
     assert not AdminSessions(key=b"x" * 32).valid(cookie, 1001.0)
     assert not sessions.valid("not-a-cookie", 1001.0) and not sessions.valid(None, 1001.0)
+
+
+async def test_readiness_details_and_metrics_are_for_operators(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    token = "operator-token-0123456"
+    server = await router([(await stub()).url], admin={"token": token})
+    operator = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.url + "/readyz") as response:
+            assert response.status == 200
+            public = await response.json()
+        assert public == {"ready": True}  # nothing internal: no URLs, no errors, no fleet
+        async with session.get(server.url + "/readyz", headers=operator) as response:
+            assert "pools" in (await response.json())["cloud"]
+        async with session.get(server.url + "/metrics") as response:
+            assert response.status == 401
+        async with session.get(server.url + "/metrics", headers=operator) as response:
+            assert response.status == 200 and "hotcold_requests" in await response.text()
+        async with session.get(server.url + "/healthz") as response:
+            assert await response.json() == {"status": "ok"}
+    public_server = await router(
+        [(await stub()).url],
+        admin={"token": token, "public_metrics": True, "public_readiness_details": True},
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.get(public_server.url + "/metrics") as response:
+            assert response.status == 200
+        async with session.get(public_server.url + "/readyz") as response:
+            assert "pools" in (await response.json())["cloud"]

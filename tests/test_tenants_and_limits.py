@@ -71,7 +71,7 @@ async def test_missing_or_unknown_keys_are_refused_in_the_openai_shape(
             assert body["error"]["type"] == "authentication_error"
         async with session.get(server.url + "/admin/policy", headers=bearer(KEY_A)) as r:
             assert r.status == 401  # a client key is not the admin token
-    samples = await scrape(server.url)
+    samples = await scrape(server.url, "admin-token-123456")
     assert metric(samples, "hotcold_refused_requests_total", code="invalid_api_key") == 3
 
 
