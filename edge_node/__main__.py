@@ -53,21 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from edge_node.app import create_app
     from edge_node.memory import DoesNotFit
-    from edge_node.model import load
+    from edge_node.model import load_configured
     from edge_node.weights import WeightsError, resolve_model
 
     try:
         path = resolve_model(config.model, console)
         with console.status(f"loading {path.name} ({'NF4' if config.quantize else 'full'}) ..."):
-            loaded = load(
-                path,
-                device=config.device,
-                quantize=config.quantize,
-                compute_dtype=config.compute_dtype,
-                double_quant=config.double_quant,
-                max_batch=config.max_batch,
-                max_context=config.max_context,
-            )
+            loaded = load_configured(path, config)
     except (WeightsError, DoesNotFit, RuntimeError) as exc:
         console.print(f"[red]edge_node: {exc}")
         return 1

@@ -24,8 +24,8 @@ from pathlib import Path
 from aiohttp import web
 
 from edge_node.handlers import STATE, EdgeState, model_info
-from edge_node.model import load
-from edge_node.runner import BatchingConfig, Runner
+from edge_node.model import load_configured
+from edge_node.runner import Runner, make_runner
 from edge_node.weights import WeightsError, resolve_model
 from hotcold.http import read_document, respond
 from hotcold.wire import Conflict, InvalidField
@@ -52,20 +52,10 @@ async def post_model(http: web.Request) -> web.Response:
             path: Path = await asyncio.to_thread(resolve_model, spec)
         except WeightsError as exc:
             raise InvalidField(str(exc), param="model") from None
-        loaded = await asyncio.to_thread(
-            load,
-            path,
-            device=config.device,
-            quantize=config.quantize,
-            compute_dtype=config.compute_dtype,
-            double_quant=config.double_quant,
-            max_batch=config.max_batch,
-            max_context=config.max_context,
-        )
+        loaded = await asyncio.to_thread(load_configured, path, config)
         if name:
             loaded = replace(loaded, name=name)
-        batching = BatchingConfig(config.max_batch, config.batch_window_ms, config.max_queue)
-        runner = Runner(loaded.model, loaded.tokenizer, loaded.device, batching, state.metrics)
+        runner = make_runner(config, loaded, state.metrics)
         runner.start()
         old = state.runner
         previous = state.loaded.name
@@ -79,7 +69,7 @@ async def post_model(http: web.Request) -> web.Response:
 async def _drain(runner: Runner) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(DRAIN_S):
-            while runner.waiting or runner.active:  # noqa: ASYNC110 - counters, no event
+            while runner.inflight:  # noqa: ASYNC110 - a counter, no event
                 await asyncio.sleep(0.05)
     await runner.stop()
 

@@ -20,7 +20,7 @@ from edge_node.handlers import (
 )
 from edge_node.metrics import EdgeMetrics
 from edge_node.model import LoadedModel
-from edge_node.runner import BatchingConfig, Runner
+from edge_node.runner import make_runner
 from hotcold.http import MAX_BODY_BYTES, error_middleware, install_request_ids
 
 
@@ -34,8 +34,7 @@ def create_app(config: EdgeNodeConfig, loaded: LoadedModel) -> web.Application:
     edge_metrics.model_bytes.set(loaded.footprint_bytes)
 
     async def runner_lifecycle(app: web.Application) -> AsyncIterator[None]:
-        batching = BatchingConfig(config.max_batch, config.batch_window_ms, config.max_queue)
-        runner = Runner(loaded.model, loaded.tokenizer, loaded.device, batching, edge_metrics)
+        runner = make_runner(config, loaded, edge_metrics)
         state = EdgeState(config, loaded, runner, edge_metrics)
         # The runner is read from the state: POST /admin/model replaces it.
         edge_metrics.watch(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -99,7 +99,9 @@ def _usage(generation: Generation, completion: int) -> dict[str, int]:
 
 
 async def _complete(http: web.Request, request: InferenceRequest) -> web.StreamResponse:
-    state = http.app[STATE]
+    # One consistent view for the whole request: POST /admin/model may swap the model and
+    # its runner meanwhile, and this request must finish on the ones it started with.
+    state = replace(http.app[STATE])
     generation = _generation(state, request)
     try:
         state.runner.submit(generation)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from edge_node.config import EdgeNodeConfig
 from edge_node.memory import MemoryEstimate, check_fits, estimate
 
 log = logging.getLogger("hotcold.edge.model")
@@ -77,6 +78,19 @@ def load(
         "nf4" if quantize else "none",
         int(model.get_memory_footprint()),
         needed,
+    )
+
+
+def load_configured(path: Path, config: EdgeNodeConfig) -> LoadedModel:
+    """:func:`load` with the node's settings (start-up and POST /admin/model alike)."""
+    return load(
+        path,
+        device=config.device,
+        quantize=config.quantize,
+        compute_dtype=config.compute_dtype,
+        double_quant=config.double_quant,
+        max_batch=config.max_batch,
+        max_context=config.max_context,
     )
 
 

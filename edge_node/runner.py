@@ -34,6 +34,10 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from edge_node.config import EdgeNodeConfig
+from edge_node.metrics import EdgeMetrics
+from edge_node.model import LoadedModel
+
 log = logging.getLogger("hotcold.edge.runner")
 
 
@@ -141,6 +145,7 @@ class Runner:
         self.batching = batching
         self.metrics = metrics
         self._queue: asyncio.Queue[Generation] = asyncio.Queue()
+        self.inflight = 0  # requests submitted whose stream has not ended
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-model")
         self._task: asyncio.Task[None] | None = None
         self._lock = threading.Lock()
@@ -168,12 +173,15 @@ class Runner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # In a thread: a generation still running may need this event loop to deliver its
+        # tokens, so waiting for it here, on the loop, could wait forever.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     def submit(self, generation: Generation) -> None:
         if self._queue.qsize() >= self.batching.max_queue:
             raise QueueFull(f"{self._queue.qsize()} requests waiting")
         self._queue.put_nowait(generation)
+        self.inflight += 1  # until its stream is done: what a model swap drains
 
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -286,6 +294,7 @@ class Runner:
                     return
                 yield token
         finally:
+            self.inflight -= 1
             if not generation.finished:
                 generation.cancelled = True
 
@@ -327,3 +336,9 @@ class TextAssembler:
     @property
     def token_count(self) -> int:
         return len(self._ids)
+
+
+def make_runner(config: EdgeNodeConfig, loaded: LoadedModel, metrics: EdgeMetrics) -> Runner:
+    """The runner for a loaded model with the node's batching settings."""
+    batching = BatchingConfig(config.max_batch, config.batch_window_ms, config.max_queue)
+    return Runner(loaded.model, loaded.tokenizer, loaded.device, batching, metrics)

@@ -299,28 +299,26 @@ def _raise_invalid(exc: ValidationError) -> None:
     ) from None
 
 
-def parse_chat_request(document: dict[str, Any]) -> InferenceRequest:
+def _parse(
+    model: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
+    kind: Kind,
+    document: dict[str, Any],
+) -> InferenceRequest:
     try:
-        params = ChatCompletionRequest.model_validate(document)
+        params = model.model_validate(document)
     except ValidationError as exc:
         _raise_invalid(exc)
         raise  # unreachable: _raise_invalid always raises
-    return InferenceRequest("chat", params, document)
+    return InferenceRequest(kind, params, document)
+
+
+def parse_chat_request(document: dict[str, Any]) -> InferenceRequest:
+    return _parse(ChatCompletionRequest, "chat", document)
 
 
 def parse_completion_request(document: dict[str, Any]) -> InferenceRequest:
-    try:
-        params = CompletionRequest.model_validate(document)
-    except ValidationError as exc:
-        _raise_invalid(exc)
-        raise
-    return InferenceRequest("completion", params, document)
+    return _parse(CompletionRequest, "completion", document)
 
 
 def parse_embedding_request(document: dict[str, Any]) -> InferenceRequest:
-    try:
-        params = EmbeddingRequest.model_validate(document)
-    except ValidationError as exc:
-        _raise_invalid(exc)
-        raise
-    return InferenceRequest("embeddings", params, document)
+    return _parse(EmbeddingRequest, "embeddings", document)
