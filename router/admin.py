@@ -193,6 +193,28 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
 
 
+async def put_release(request: web.Request) -> web.Response:
+    """Pin a model's edge-release stage (or unpin it: ``"stage": null``), for the whole fleet:
+    ``{"model": "chat-small", "stage": 0, "by": "alice", "reason": "bad answers seen"}``."""
+    parts = parts_of(request)
+    body = await read_document(request)
+    name, stage = body.get("model"), body.get("stage", "missing")
+    resolved = parts.routes.catalog.find(name) if isinstance(name, str) else None
+    if resolved is None:
+        raise InvalidSetting("'model' must name a catalog model", param="model")
+    if stage is not None and (not isinstance(stage, int) or isinstance(stage, bool)):
+        raise InvalidSetting("'stage' must be an integer stage or null", param="stage")
+    by = body.get("by") if isinstance(body.get("by"), str) else "admin api"
+    what = "unpinned" if stage is None else f"pinned at stage {stage}"
+    reason = f"{what} by {by}: {body.get('reason', '')}".rstrip(": ")
+    release = parts.dispatcher.release
+    try:
+        release.pin(resolved.entry.name, stage, reason)
+    except ValueError as exc:
+        raise InvalidSetting(str(exc), param="stage") from None
+    return respond(request, release.snapshot())
+
+
 def admin_app() -> web.Application:
     """The admin API and the dashboard, mounted under ``/admin`` behind :func:`admin_auth`."""
     admin = web.Application(middlewares=[admin_auth])
@@ -202,5 +224,6 @@ def admin_app() -> web.Application:
     admin.router.add_put("/policy", put_policy)
     admin.router.add_get("/fleet", get_fleet)
     admin.router.add_post("/reload", reload_config)
+    admin.router.add_put("/release", put_release)
     admin.router.add_get("/memory", memory)
     return admin

@@ -22,6 +22,7 @@ from router.gray_release import GrayRelease, ReleaseParams, ReleaseState
 from router.latency_model import LatencyBudget, LatencyFit
 
 log = logging.getLogger("hotcold.edge_release")
+PIN_SUFFIX = "\x1fpin"  # the fleet's entry for an operator's pin of a model's stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,16 @@ class EdgeRelease:
         if move is not None:
             log.warning("edge release of %s: %s", model, move.reason)
             self.pending_moves.append((model, move.stage, move.reason))
+
+    def pin(self, model: str, stage: int | None, reason: str, share: bool = True) -> None:
+        """An operator's pin (None: the evidence decides again); ``share``: tell the fleet."""
+        state = self.release.state(model)
+        if stage is not None and not 0 <= stage <= len(self.params.shares):
+            raise ValueError(f"stage must be 0-{len(self.params.shares)} or null")
+        state.pinned = stage
+        if share:
+            self.pending_moves.append((model + PIN_SUFFIX, -1 if stage is None else stage, reason))
+        log.warning("edge release of %s: %s", model, reason)
 
     def adopt(self, model: str, stage: int, reason: str, now: float) -> bool:
         """A stage decided elsewhere in the fleet (or before a restart); True when it moved."""

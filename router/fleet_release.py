@@ -2,7 +2,8 @@
 moves to (on its own evidence) is in effect on every router of the fleet, and a router that
 restarts resumes at the fleet's stage instead of starting again in shadow.
 
-``hotcold:{fleet}:release`` is a hash: catalog model -> msgpack ``{stage, reason, by, at}``,
+``hotcold:{fleet}:release`` is a hash: catalog model -> msgpack ``{stage, reason, by, at}``
+(and ``<model>\x1fpin`` -> an operator's pin, stage -1 for none),
 ``at`` from Redis's own clock (router clocks may skew). A router pushes its moves (a Lua
 script stamps ``at``, stores, and publishes ``release`` on the policy channel, so the others
 fetch at once; the poll heals a lost message), and adopts any entry newer than the last one
@@ -17,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from router.edge_release import EdgeRelease
+from router.edge_release import PIN_SUFFIX, EdgeRelease
 from router.fleet_link import RedisLink, as_bytes
 
 log = logging.getLogger("hotcold.fleet")
@@ -63,6 +64,10 @@ class ReleaseSync:
             if entry is None or entry["at"] <= self._seen_at.get(model, -1):
                 continue
             self._seen_at[model] = entry["at"]
+            if model.endswith(PIN_SUFFIX):
+                pinned: int | None = None if entry["stage"] < 0 else entry["stage"]
+                self.release.pin(model.removesuffix(PIN_SUFFIX), pinned, entry["reason"], False)
+                continue
             if self.release.adopt(
                 model, entry["stage"], f"{entry['reason']} (by {entry['by']})", now
             ):

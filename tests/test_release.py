@@ -184,3 +184,39 @@ async def test_the_fleet_shares_the_stage_and_a_restarted_router_resumes_it(
             return (await release_of(session, third.url))["stage"] == 2
 
         await wait_for(on_third, timeout_s=10, message="a new router resuming the stage")
+
+
+async def test_an_operator_pins_a_stage_live_for_the_whole_fleet(
+    stub: StubFactory, router: RouterFactory, redis_servers: Any
+) -> None:
+    from tests.test_fleet import fleet
+
+    redis = await redis_servers().started()
+    cloud, edge = await stub(), await stub()
+    shared = {
+        "edge": {"endpoints": [edge.url], "release": FAST_RELEASE, "latency": {"factor": 1e6}},
+        "policy": {"pins": [{"route": "hot", "model": "*"}]},
+    }
+    first = await router([cloud.url], fleet=fleet(redis, "a"), **shared)
+    second = await router([cloud.url], fleet=fleet(redis, "b"), **shared)
+    async with aiohttp.ClientSession() as session:
+        pin = {"model": "default", "stage": 2, "by": "alice", "reason": "trusted"}
+        async with session.put(first.url + "/admin/release", json=pin) as response:
+            assert response.status == 200, await response.text()
+        assert await ask(session, first.url, 1) == "edge"  # pinned at all hot misses, at once
+
+        async def pinned_on_second() -> bool:
+            state = await release_of(session, second.url)
+            return bool(state.get("pinned")) and state["share"] == 1.0
+
+        await wait_for(pinned_on_second, timeout_s=10, message="the pin on router b")
+        assert await ask(session, second.url, 2) == "edge"
+        unpin = {"model": "default", "stage": None}
+        async with session.put(first.url + "/admin/release", json=unpin) as response:
+            assert response.status == 200
+        assert await ask(session, first.url, 3) == "cloud"  # the evidence decides again: shadow
+        bad = {"model": "default", "stage": 9}
+        async with session.put(first.url + "/admin/release", json=bad) as response:
+            assert response.status == 422
+        async with session.put(first.url + "/admin/release", json={"stage": 0}) as response:
+            assert response.status == 422  # which model?
