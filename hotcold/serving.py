@@ -97,6 +97,12 @@ class _OpenAIErrorHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         request_id = uuid.uuid4().hex
+        if isinstance(exc, OSError):
+            # The client went away while its answer was being written (the error middleware
+            # lets these through: there is no one left to answer). Not a server fault, so no
+            # traceback in the log; the answer below is never sent.
+            log.debug("client connection lost [%s]: %r", request_id, exc)
+            return _json_error(500, "connection lost", "connection_lost", request_id)
         if status >= 500:
             self.log_exception("error handling a request [%s]", request_id, exc_info=exc)
             return _json_error(
