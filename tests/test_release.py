@@ -5,7 +5,7 @@ slow, at run time)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -36,14 +36,34 @@ def chat(index: int) -> dict[str, Any]:
     }
 
 
+def judged_edge(edge_url: str) -> dict[str, Any]:
+    """Router sections: an edge under a fast gray release, every request pinned hot, and a
+    budget wide enough that only the release decides."""
+    return {
+        "edge": {"endpoints": [edge_url], "release": FAST_RELEASE, "latency": {"factor": 1e6}},
+        "policy": {"pins": [{"route": "hot", "model": "*"}]},
+    }
+
+
+async def fleet_of_routers(
+    stub: StubFactory, router: RouterFactory, redis_servers: Any
+) -> Callable[[str], Awaitable[Server]]:
+    """A Redis, a cloud and an edge; the returned function starts a router of that fleet."""
+    from tests.test_fleet import fleet
+
+    redis = await redis_servers().started()
+    cloud, edge = await stub(), await stub()
+
+    async def start(router_id: str) -> Server:
+        return await router([cloud.url], fleet=fleet(redis, router_id), **judged_edge(edge.url))
+
+    return start
+
+
 @pytest.fixture
 async def parts(stub: StubFactory, router: RouterFactory) -> AsyncIterator[dict[str, Server]]:
     cloud, edge = await stub(), await stub()
-    front = await router(
-        [cloud.url],
-        edge={"endpoints": [edge.url], "release": FAST_RELEASE, "latency": {"factor": 1e6}},
-        policy={"pins": [{"route": "hot", "model": "*"}]},
-    )
+    front = await router([cloud.url], **judged_edge(edge.url))
     yield {"router": front, "cloud": cloud, "edge": edge}
 
 
@@ -155,16 +175,8 @@ async def test_the_fleet_shares_the_stage_and_a_restarted_router_resumes_it(
 ) -> None:
     """Router a earns the edge's stages; router b (which saw none of that traffic) shows the
     same stage, and a router started afterwards begins at it instead of in shadow."""
-    from tests.test_fleet import fleet
-
-    redis = await redis_servers().started()
-    cloud, edge = await stub(), await stub()
-    shared = {
-        "edge": {"endpoints": [edge.url], "release": FAST_RELEASE, "latency": {"factor": 1e6}},
-        "policy": {"pins": [{"route": "hot", "model": "*"}]},
-    }
-    first = await router([cloud.url], fleet=fleet(redis, "a"), **shared)
-    second = await router([cloud.url], fleet=fleet(redis, "b"), **shared)
+    start = await fleet_of_routers(stub, router, redis_servers)
+    first, second = await start("a"), await start("b")
     async with aiohttp.ClientSession() as session:
         await drive_until(session, first.url, lambda r: r["stage"] == 2, [], "earned on a")
         moved_at = asyncio.get_running_loop().time()
@@ -178,7 +190,7 @@ async def test_the_fleet_shares_the_stage_and_a_restarted_router_resumes_it(
         state = await release_of(session, second.url)
         assert "(by a)" in state["last_move"]["reason"]
         assert await ask(session, second.url, 9999) == "edge"
-        third = await router([cloud.url], fleet=fleet(redis, "c"), **shared)
+        third = await start("c")
 
         async def on_third() -> bool:
             return (await release_of(session, third.url))["stage"] == 2
@@ -189,16 +201,8 @@ async def test_the_fleet_shares_the_stage_and_a_restarted_router_resumes_it(
 async def test_an_operator_pins_a_stage_live_for_the_whole_fleet(
     stub: StubFactory, router: RouterFactory, redis_servers: Any
 ) -> None:
-    from tests.test_fleet import fleet
-
-    redis = await redis_servers().started()
-    cloud, edge = await stub(), await stub()
-    shared = {
-        "edge": {"endpoints": [edge.url], "release": FAST_RELEASE, "latency": {"factor": 1e6}},
-        "policy": {"pins": [{"route": "hot", "model": "*"}]},
-    }
-    first = await router([cloud.url], fleet=fleet(redis, "a"), **shared)
-    second = await router([cloud.url], fleet=fleet(redis, "b"), **shared)
+    start = await fleet_of_routers(stub, router, redis_servers)
+    first, second = await start("a"), await start("b")
     async with aiohttp.ClientSession() as session:
         pin = {"model": "default", "stage": 2, "by": "alice", "reason": "trusted"}
         async with session.put(first.url + "/admin/release", json=pin) as response:
