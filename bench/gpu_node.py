@@ -7,7 +7,7 @@ last. Sections:
 
 * ``env``: device, driver and library versions; a device-to-device copy as the bandwidth
   ceiling.
-* ``http``: ``hotcold bench node``'s protocol unchanged (``python -m edge_node`` as a child
+* ``http``: ``hotcold bench node``'s protocol (``python -m edge_node --batching B`` as a child
   process, chat requests of 32 new tokens at concurrency 1, 4, 16 and 64), NF4 then bf16.
 * ``models``: in-process, for NF4 then bf16: GPU memory after load and at a batch of 64, a
   quality check, and per-token decode times (``bench.gpu_decode``) at batch 1 and 16 next to
@@ -452,12 +452,18 @@ def http_section(path: Path, device: str, args: argparse.Namespace) -> list[dict
     from hotcold.console import make_console
 
     node_args = argparse.Namespace(
-        model=str(path), device=device, requests=args.requests, max_tokens=args.max_tokens
+        model=str(path),
+        device=device,
+        requests=args.requests,
+        max_tokens=args.max_tokens,
+        max_batch=max(args.levels),
     )
     console = make_console()
     rows: list[dict[str, Any]] = []
     for variant in args.variants:
-        levels, health = asyncio.run(_node(node_args, variant == "nf4", args.levels, console))
+        levels, health = asyncio.run(
+            _node(node_args, variant == "nf4", args.levels, console, args.batching)
+        )
         for level in levels:
             rows.append(
                 {
@@ -535,6 +541,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--random-weights", type=Path, help="config+tokenizer folder")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument(
+        "--batching",
+        default="continuous",
+        choices=["continuous", "window"],
+        help="the HTTP section's batching strategy (the 2026-11-23 H100 figures: window)",
+    )
     parser.add_argument("--variants", default="nf4,bf16")
     parser.add_argument("--levels", default="1,4,16,64")
     parser.add_argument("--requests", type=int, default=16)

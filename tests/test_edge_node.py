@@ -30,9 +30,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     return load(folder, device="cpu", max_batch=8, max_context=256)
 
 
-@pytest.fixture
-async def node(tiny: LoadedModel) -> AsyncIterator[Server]:
+@pytest.fixture(params=["continuous", "window"])
+async def node(tiny: LoadedModel, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    """The node with each batching strategy: every behaviour here holds for both."""
     config = EdgeNodeConfig(
+        batching=request.param,
         max_batch=8,
         batch_window_ms=50,
         max_queue=64,
@@ -155,8 +157,10 @@ async def test_limits_are_clear_4xx(node: Server) -> None:
             assert response.status == 400
 
 
-async def test_full_queue_answers_503_with_retry_after(tiny: LoadedModel) -> None:
+@pytest.mark.parametrize("batching", ["continuous", "window"])
+async def test_full_queue_answers_503_with_retry_after(tiny: LoadedModel, batching: str) -> None:
     config = EdgeNodeConfig(
+        batching=batching,
         max_batch=1,
         batch_window_ms=0,
         max_queue=1,
@@ -234,3 +238,28 @@ async def test_a_new_model_version_is_loaded_in_place_without_a_restart(
             assert (await response.json())["model"] == "tiny@v2"
         async with session.post(node.url + "/admin/model", json={"model": ""}) as response:
             assert response.status == 400
+
+
+async def test_stop_strings_cut_the_answer_and_seeds_repeat(node: Server) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def ask(**extra: Any) -> dict[str, Any]:
+            async with session.post(
+                node.url + "/v1/chat/completions", json=chat("sensor status", **extra)
+            ) as response:
+                assert response.status == 200
+                return await response.json()
+
+        full = await ask(max_tokens=12)
+        text = full["choices"][0]["message"]["content"]
+        words = text.split()
+        assert len(words) >= 3  # the tiny model's greedy answer, cut at its third word:
+        cut = await ask(max_tokens=12, stop=[" " + words[2]])
+        assert cut["choices"][0]["message"]["content"] == text[: text.index(" " + words[2])]
+        assert cut["choices"][0]["finish_reason"] == "stop"
+        first = await ask(max_tokens=8, temperature=1.0, seed=11)
+        second = await ask(max_tokens=8, temperature=1.0, seed=11)
+        assert (
+            first["choices"][0]["message"]["content"]
+            == (second["choices"][0]["message"]["content"])
+        )
