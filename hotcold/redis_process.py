@@ -29,6 +29,14 @@ def redis_server_path() -> str | None:
     return shutil.which("redis-server")
 
 
+def _require_redis_server() -> str:
+    """The redis-server binary, which both a Redis and a Sentinel process run."""
+    binary = redis_server_path()
+    if binary is None:
+        raise RedisUnavailable("redis-server is not installed (apt install redis-server)")
+    return binary
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     cert: Path
@@ -56,6 +64,16 @@ class TlsFiles:
         return cls(cert, key, ca)
 
 
+def _terminate(child: ChildProcess) -> None:
+    """SIGTERM, then SIGKILL when it has not exited within 10 s."""
+    if child.proc is not None and child.proc.poll() is None:
+        child.proc.terminate()
+        try:
+            child.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
 class RedisProcess(ChildProcess):
     def __init__(
         self,
@@ -66,10 +84,7 @@ class RedisProcess(ChildProcess):
         workdir: Path | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
-        binary = redis_server_path()
-        if binary is None:
-            raise RedisUnavailable("redis-server is not installed (apt install redis-server)")
-        self.binary = binary
+        self.binary = _require_redis_server()
         self.port = port or free_port()
         self.password = password
         self.extra_args = extra_args
@@ -136,11 +151,102 @@ class RedisProcess(ChildProcess):
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        _terminate(self)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class SentinelProcess(ChildProcess):
+    """A Redis Sentinel (``redis-server <conf> --sentinel``) watching one master, on a
+    loopback port, tuned to notice a dead master fast (``down_after_ms``) for tests."""
+
+    def __init__(
+        self,
+        master_port: int,
+        *,
+        service: str = "hotcold",
+        quorum: int = 2,
+        down_after_ms: int = 300,
+        failover_timeout_ms: int = 3000,
+        port: int | None = None,
+    ) -> None:
+        self.binary = _require_redis_server()
+        self.master_port = master_port
+        self.service = service
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.port = port or free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="hotcold-sentinel-"))
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        # Sentinel rewrites its config file (what it learns): one file per sentinel.
+        config = self.workdir / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"logfile {self.workdir / 'sentinel.log'}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {self.service} 1\n"
+        )
+        self.proc = subprocess.Popen(
+            [self.binary, str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def client(self) -> Redis:
+        return Redis(host="127.0.0.1", port=self.port)
+
+    async def master_port_now(self) -> int | None:
+        """The master's port as this sentinel reports it (None: it cannot be asked)."""
+        client = self.client()
+        try:
+            command = ("SENTINEL", "get-master-addr-by-name", self.service)
+            reply = await client.execute_command(*command)  # type: ignore[no-untyped-call]
+            return int(reply[1]) if reply else None
+        except (RedisError, OSError):
+            return None
+        finally:
+            await client.aclose()
+
+    async def knows(self, sentinels: int, replicas: int) -> bool:
+        """True when it has found this many other sentinels and healthy replicas (a
+        failover needs both: a quorum to agree and a replica to promote)."""
+        client = self.client()
+        try:
+            peers = await client.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "sentinels", self.service
+            )
+            found = await client.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "replicas", self.service
+            )
+        except (RedisError, OSError):
+            return False
+        finally:
+            await client.aclose()
+        healthy = [
+            r for r in found if b"s_down" not in _flags(r) and b"disconnected" not in _flags(r)
+        ]
+        return len(peers) >= sentinels and len(healthy) >= replicas
+
+    def stop(self) -> None:
+        _terminate(self)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _flags(entry: object) -> bytes:
+    """The ``flags`` of one SENTINEL replicas entry (a flat list or a dict, by protocol)."""
+    if isinstance(entry, dict):
+        value = entry.get(b"flags") or entry.get("flags") or b""
+        return value if isinstance(value, bytes) else str(value).encode()
+    if isinstance(entry, list):
+        pairs = dict(zip(entry[::2], entry[1::2], strict=False))
+        value = pairs.get(b"flags", b"")
+        return value if isinstance(value, bytes) else str(value).encode()
+    return b""

@@ -33,6 +33,11 @@ class FleetKeys:
     members: str  # sorted set: router id -> last heartbeat (Redis time, ms)
     info: str  # hash: router id -> msgpack (started, policy version, host)
     sketches: str  # hash: router id -> its frequency sketch (router.fleet_sketch)
+    api_keys: str  # hash: key id -> msgpack {tenant, sha256, name, created_at}
+    tenant_limits: str  # hash: tenant -> msgpack TenantLimits (the live overrides)
+    tenants_version: str  # integer, incremented by every change of the two above
+    keys_managed: str  # "1" once a key was made through the API: never open mode again
+    prefix: str  # of every key of the fleet
 
     @classmethod
     def of(cls, fleet: str) -> FleetKeys:
@@ -43,6 +48,11 @@ class FleetKeys:
             prefix + "members",
             prefix + "member-info",
             prefix + "sketches",
+            prefix + "api-keys",
+            prefix + "tenant-limits",
+            prefix + "tenants-version",
+            prefix + "keys-managed",
+            prefix,
         )
 
 

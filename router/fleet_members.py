@@ -50,6 +50,7 @@ class Member:
     policy_version: int | None
     started_at: float | None
     host: str | None
+    figures: dict[str, Any] | None = None  # its key figures (the dashboard's fleet page)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class Member:
             "policy_version": self.policy_version,
             "started_at": self.started_at,
             "host": self.host,
+            "figures": self.figures,
         }
 
 
@@ -70,6 +72,9 @@ class Membership:
         # A timestamp for people (when it started), not a measurement: wall time on purpose.
         self._started_at = time.time()
         self.members: list[Member] = []
+        # This router's key figures, carried by each heartbeat (a few hundred bytes) so any
+        # member's fleet page shows every member (router/dashboard.py); None: not sent.
+        self.figures: Callable[[], dict[str, Any]] | None = None
 
     async def beat(self) -> None:
         info = msgpack.packb(
@@ -77,6 +82,7 @@ class Membership:
                 "started_at": self._started_at,
                 "policy_version": self._policy_version(),
                 "host": socket.gethostname(),
+                "figures": self.figures() if self.figures is not None else None,
             }
         )
         keys = self.link.keys
@@ -103,6 +109,7 @@ class Membership:
                     details.get("policy_version"),
                     details.get("started_at"),
                     details.get("host"),
+                    figures if isinstance(figures := details.get("figures"), dict) else None,
                 )
             )
         self.members = members

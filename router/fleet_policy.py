@@ -46,12 +46,15 @@ class PolicySync:
         link: RedisLink,
         manager: PolicyManager,
         on_release: Callable[[], Awaitable[None]] | None = None,
+        on_tenants: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``on_release``: fetch the edge's release stages (router/fleet_release.py) when
-        the channel says they changed."""
+        the channel says they changed; ``on_tenants``: the live keys and tenant limits
+        (router/fleet_keys.py)."""
         self.link = link
         self.manager = manager
         self.on_release = on_release
+        self.on_tenants = on_tenants
         self._commit = link.client.register_script(_COMMIT)
         self._restore = link.client.register_script(_RESTORE)
         self.refused: dict[str, int] = {}
@@ -144,9 +147,12 @@ class PolicySync:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        if message.get("data") == b"release" and self.on_release is not None:
+                        data = message.get("data")
+                        if data == b"release" and self.on_release is not None:
                             await self.on_release()
-                        else:
+                        elif data == b"tenants" and self.on_tenants is not None:
+                            await self.on_tenants()
+                        elif data not in (b"release", b"tenants"):
                             await self.sync_policy()
             except REDIS_FAILURES:
                 self.link.reachable = False

@@ -85,7 +85,16 @@ def request_key(
     """``model``: the public name the catalog resolved the request's model to; ``producers``:
     who may compute it (pool, upstream model, edge model), so that a catalog change never
     serves answers another producer made for the old entry."""
-    canonical = orjson.dumps(canonical_document(request), option=orjson.OPT_SORT_KEYS)
+    return key_of(tenant, model, producers, canonical_bytes(request))
+
+
+def canonical_bytes(request: InferenceRequest) -> bytes:
+    """The canonical document serialised with sorted keys: what the fingerprint hashes."""
+    return orjson.dumps(canonical_document(request), option=orjson.OPT_SORT_KEYS)
+
+
+def key_of(tenant: str, model: str, producers: str, canonical: bytes) -> RequestKey:
+    """The key of a request whose :func:`canonical_bytes` are ``canonical``."""
     fingerprint, digest = fingerprint_of(
         tenant.encode(), model.encode(), producers.encode(), canonical
     )

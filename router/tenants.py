@@ -25,6 +25,7 @@ import hmac
 import math
 import re
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -51,10 +52,17 @@ def key_digest(key: str) -> str:
 class Authenticator:
     def __init__(self, config: TenantsConfig) -> None:
         self._by_digest = {key.sha256: (key.tenant, key.sha256) for key in config.api_keys}
+        self._require_keys = config.require_keys
+
+    def reconfigure(self, keys: Iterable[tuple[str, str]], require_keys: bool) -> None:
+        """The keys in effect now, as (tenant, sha256): the file's and the live ones
+        (router/live_keys.py). Swapped in one assignment: a request sees the old or the new."""
+        self._by_digest = {digest: (tenant, digest) for tenant, digest in keys}
+        self._require_keys = require_keys
 
     @property
     def open_mode(self) -> bool:
-        return not self._by_digest
+        return not self._by_digest and not self._require_keys
 
     def tenant(self, http: web.Request) -> str:
         """The request's tenant, or 401 in the OpenAI shape."""
@@ -109,6 +117,18 @@ class TenantState:
     throttled: dict[str, int] = field(default_factory=dict)
 
 
+def _buckets(limits: TenantLimits, now: float) -> tuple[TokenBucket | None, TokenBucket | None]:
+    """Full buckets for requests/s (``burst`` deep) and tokens/min, None where unlimited."""
+    requests = tokens = None
+    if limits.requests_per_s is not None:
+        burst = float(limits.burst or max(1, math.ceil(limits.requests_per_s)))
+        requests = TokenBucket(limits.requests_per_s, burst, burst, now)
+    if limits.tokens_per_min is not None:
+        per_min = float(limits.tokens_per_min)
+        tokens = TokenBucket(per_min / 60.0, per_min, per_min, now)
+    return requests, tokens
+
+
 class TenantLimiter:
     def __init__(self, config: TenantsConfig, edge_slots: int) -> None:
         self._config = config
@@ -116,19 +136,27 @@ class TenantLimiter:
         self._states: OrderedDict[str, TenantState] = OrderedDict()
         self.edge_inflight = 0
 
+    def limits_of(self, tenant: str) -> TenantLimits:
+        """The tenant's limits as configured now."""
+        return self._config.overrides.get(tenant, self._config.default)
+
+    def reconfigure(self, config: TenantsConfig, now: float) -> None:
+        """New limits, live: a tenant whose limits changed starts on fresh buckets (its edge
+        slots are carried over, so the count of slots held stays true)."""
+        self._config = config
+        for tenant, state in self._states.items():
+            limits = self.limits_of(tenant)
+            if state.limits != limits:
+                state.limits = limits
+                state.requests, state.tokens = _buckets(limits, now)
+
     def state(self, tenant: str, now: float) -> TenantState:
         state = self._states.get(tenant)
         if state is not None:
             self._states.move_to_end(tenant)
             return state
-        limits = self._config.overrides.get(tenant, self._config.default)
-        state = TenantState(limits)
-        if limits.requests_per_s is not None:
-            burst = float(limits.burst or max(1, math.ceil(limits.requests_per_s)))
-            state.requests = TokenBucket(limits.requests_per_s, burst, burst, now)
-        if limits.tokens_per_min is not None:
-            per_min = float(limits.tokens_per_min)
-            state.tokens = TokenBucket(per_min / 60.0, per_min, per_min, now)
+        limits = self.limits_of(tenant)
+        state = TenantState(limits, *_buckets(limits, now))
         self._states[tenant] = state
         while len(self._states) > self._config.max_tracked:
             oldest, dropped = next(iter(self._states.items()))
@@ -144,7 +172,7 @@ class TenantLimiter:
         if state.requests is not None:
             wait = state.requests.wait_s(now)
             if wait > 0:
-                self._throttled(state, "requests")
+                self.throttled(state, "requests")
                 raise RateLimited(
                     f"tenant {tenant!r} is over its {state.limits.requests_per_s:g} requests/s",
                     code="rate_limited",
@@ -154,7 +182,7 @@ class TenantLimiter:
         if state.tokens is not None:
             wait = state.tokens.wait_s(now, amount=1.0)
             if wait > 0:
-                self._throttled(state, "tokens")
+                self.throttled(state, "tokens")
                 raise RateLimited(
                     f"tenant {tenant!r} used its {state.limits.tokens_per_min} tokens/min",
                     code="quota_exceeded",
@@ -162,7 +190,7 @@ class TenantLimiter:
                 )
 
     @staticmethod
-    def _throttled(state: TenantState, why: str) -> None:
+    def throttled(state: TenantState, why: str) -> None:
         state.throttled[why] = state.throttled.get(why, 0) + 1
 
     def debit_tokens(self, tenant: str, count: int, now: float) -> None:

@@ -38,11 +38,16 @@ def fleet(redis: RedisProcess, router_id: str, **extra: Any) -> dict[str, Any]:
 
 
 async def fleet_of_two(
-    stub: StubFactory, router: RouterFactory, redis: RedisProcess, **sections: Any
+    stub: StubFactory,
+    router: RouterFactory,
+    redis: RedisProcess,
+    fleet_extra: dict[str, Any] | None = None,
+    **sections: Any,
 ) -> tuple[Server, Server]:
     cloud = await stub()
-    first = await router([cloud.url], fleet=fleet(redis, "a"), **sections)
-    second = await router([cloud.url], fleet=fleet(redis, "b"), **sections)
+    extra = fleet_extra or {}
+    first = await router([cloud.url], fleet=fleet(redis, "a", **extra), **sections)
+    second = await router([cloud.url], fleet=fleet(redis, "b", **extra), **sections)
     await wait_for(
         lambda: both_see_two(first, second), timeout_s=10, message="both routers in the fleet"
     )
@@ -129,14 +134,18 @@ async def sketch_syncs(server: Server) -> int:
     return int(status["sketch_syncs"])
 
 
+@pytest.mark.parametrize("view", ["shared", "all_to_all"])
 async def test_requests_spread_across_two_routers_make_a_key_hot_on_both(
-    stub: StubFactory, router: RouterFactory, redis_servers: Redis
+    stub: StubFactory, router: RouterFactory, redis_servers: Redis, view: str
 ) -> None:
     """Threshold pinned at 4. Three requests on one router are not enough (3 < 4); two on
-    each router, plus the fleet's view, are (3 local + 2 remote >= 4) on both."""
+    each router, plus the fleet's view, are (3 local + 2 remote >= 4) on both, whichever
+    hot-key view the fleet uses."""
     pinned = {"threshold": {"initial": 4, "min": 4, "max": 4}}
     redis = await redis_servers().started()
-    first, second = await fleet_of_two(stub, router, redis, policy=pinned)
+    first, second = await fleet_of_two(
+        stub, router, redis, fleet_extra={"hot_key_view": view}, policy=pinned
+    )
     alone = await router([(await stub()).url], policy=pinned)
     async with aiohttp.ClientSession() as session:
         assert [await route_of(session, alone.url, "solo") for _ in range(3)] == ["cold"] * 3
