@@ -39,6 +39,15 @@ def question(rank: int) -> str:
     return template.format(n=rank, d=DEVICES[(rank // len(TEMPLATES)) % len(DEVICES)])
 
 
+def iot_picks(requests: int, catalogue: int, zipf_s: float, seed: int) -> np.ndarray:
+    """Which question of the catalogue each request asks: Zipf ``zipf_s`` popularity."""
+    ranks = np.arange(1, catalogue + 1, dtype=float)
+    weights = ranks**-zipf_s
+    weights /= weights.sum()
+    picks: np.ndarray = np.random.default_rng(seed).choice(catalogue, size=requests, p=weights)
+    return picks
+
+
 def iot_workload(
     requests: int,
     catalogue: int = 400,
@@ -51,10 +60,7 @@ def iot_workload(
     seed: int = 7,
 ) -> list[WorkItem]:
     rng = random.Random(seed)
-    ranks = np.arange(1, catalogue + 1, dtype=float)
-    weights = ranks**-zipf_s
-    weights /= weights.sum()
-    picks = np.random.default_rng(seed).choice(catalogue, size=requests, p=weights)
+    picks = iot_picks(requests, catalogue, zipf_s, seed)
     items = []
     for rank in picks:
         sampled = rng.random() < sampled_share

@@ -94,22 +94,31 @@ def _error(
 
 async def read_document(request: web.Request) -> dict[str, Any]:
     """Read and decode the body, refusing an oversized one before reading it when we can."""
-    limit = request.config_dict[MAX_BODY_BYTES]  # sub-applications read the root's
+    return decode_body(await read_body(request), request.headers.get("Content-Type"))
+
+
+async def read_body(request: web.Request) -> bytes:
+    """Read the body's bytes (not empty), refusing an oversized one before reading it when
+    we can, and a slow one past the app's ``BODY_TIMEOUT_S``."""
+    root = request.match_info.apps[0]  # sub-applications read the root's settings
+    limit = root[MAX_BODY_BYTES]
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
+    timeout_s = root.get(BODY_TIMEOUT_S)
     try:
-        async with asyncio.timeout(request.config_dict.get(BODY_TIMEOUT_S)):
+        if request.content.is_eof():  # all of it has arrived: no wait, so no timer to set
             raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout_s):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes") from exc
     except TimeoutError:
-        raise RequestTimeout(
-            f"the request body did not arrive within {request.config_dict[BODY_TIMEOUT_S]:g} s"
-        ) from None
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
     if not raw:
         raise BadRequest("the request has no body", code="empty_body")
-    return decode_body(raw, request.headers.get("Content-Type"))
+    return raw
 
 
 @web.middleware

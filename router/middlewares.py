@@ -1,21 +1,28 @@
-"""Request context: a request id on every answer, route headers on every inference answer,
-and the request counters and latency histogram."""
+"""The router's middleware: a request id on every answer, route headers on every inference
+answer, the request counters and latency histogram, the access log, errors in the OpenAI
+shape, and shedding past the concurrency limit."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
+import threading
 import time
-import uuid
+from typing import Any
 
 from aiohttp import web
 
-from hotcold.http import Handler
+from hotcold.http import Handler, error_middleware, error_response
 from hotcold.logs import REQUEST_ID as REQUEST_ID_CONTEXT
+from hotcold.logs import new_request_id
 from hotcold.wire import ServiceUnavailable
 from hotcold.wire.schema import PATHS
-from router.dispatch import DECISION, REQUEST_ID, Decision
+from router.dispatch import DECISION, FIRST_TOKEN_AT, REQUEST_ID, TENANT, Decision
+from router.metrics import OTHER
 from router.parts import parts_of
+from router.tracing import RequestTrace
 
 access = logging.getLogger("hotcold.access")  # one line per inference answer
 _INFERENCE_PATHS = {path: api for api, path in PATHS.items()}
@@ -24,79 +31,172 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ROUTER_ANSWER = Decision(route="cold", cache="bypass", served_by="router")
 
 
-@web.middleware
-async def shedding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Past ``server.max_concurrent_requests`` inference requests in flight, answer 503 at
-    once: a fast refusal the client can retry beats queueing until memory runs out.
-    Health, metrics and admin are never shed."""
-    if request.path not in _INFERENCE_PATHS:
-        return await handler(request)
-    parts = parts_of(request)
-    in_flight = parts.in_flight
-    if in_flight.count >= parts.config.server.max_concurrent_requests:
-        parts.metrics.refused.labels("overloaded").inc()
-        raise ServiceUnavailable(
-            "the router is at its concurrent request limit; retry shortly",
-            code="overloaded",
-            retry_after_s=1,
-        )
-    in_flight.count += 1
-    try:
-        return await handler(request)
-    finally:
-        in_flight.count -= 1
-
-
 def _request_id(request: web.Request) -> str:
-    offered = request.headers.get("X-Request-Id", "")
-    return offered if _CLIENT_ID.match(offered) else uuid.uuid4().hex
+    offered = request.headers.get("X-Request-Id")
+    return offered if offered is not None and _CLIENT_ID.match(offered) else new_request_id()
+
+
+class AccessRecords:
+    """Access-line records made from a template instead of ``Logger.makeRecord``.
+
+    Every access record has the same logger, level, origin, thread and process; only its
+    time, arguments and fields differ. ``LogRecord.__init__`` recomputes all of it per line
+    (file name and module from the path, the thread's and process's names: a third of a
+    line's cost), so the first record of a thread and process is made the standard way and
+    later ones copy its attributes and set their own time, exactly as ``LogRecord`` does.
+    A custom record factory (``logging.setLogRecordFactory``) is always honoured: with one
+    installed, every record is made by it."""
+
+    __slots__ = ("_owner", "_template")
+
+    _TIMES = ("created", "msecs", "relativeCreated")
+
+    def __init__(self) -> None:
+        self._owner: tuple[int, int] = (0, 0)
+        self._template: dict[str, Any] | None = None
+
+    def make(self, args: tuple[Any, ...]) -> logging.LogRecord:
+        template = self._template
+        owner = (os.getpid(), threading.get_ident())
+        if (
+            template is None
+            or owner != self._owner
+            or logging.getLogRecordFactory() is not logging.LogRecord
+        ):
+            record = access.makeRecord(
+                access.name, logging.INFO, __file__, 0, ACCESS_FORMAT, args, None
+            )
+            if type(record) is logging.LogRecord:
+                self._template = dict(record.__dict__)
+                self._owner = owner
+            return record
+        record = _new_record(logging.LogRecord)
+        fields = record.__dict__
+        fields.update(template)
+        created = time.time()
+        fields["created"] = created
+        fields["msecs"] = int((created - int(created)) * 1000) + 0.0  # as LogRecord does
+        fields["relativeCreated"] = (
+            template["relativeCreated"] + (created - template["created"]) * 1000
+        )
+        fields["args"] = args
+        if "taskName" in fields:  # Python 3.12+: the asyncio task handling this request
+            task = asyncio.current_task()
+            fields["taskName"] = task.get_name() if task is not None else None
+        return record
+
+
+ACCESS_FORMAT = "%s %s %s %s %s/%s/%s %.1f ms"
+_new_record = object.__new__
+_access_records = AccessRecords()
+
+
+def _log_access(
+    request: web.Request, api: str, decision: Decision, status: str, latency_s: float
+) -> None:
+    """One access line. Called only when ``hotcold.access`` is enabled for INFO, so a router
+    with the access log off (``logging.access_log: false`` or a level above INFO) builds
+    nothing for it. The record is made (:class:`AccessRecords`) and handed to the handlers
+    directly: ``Logger.info`` would first walk the stack to find the caller's file and line,
+    two thirds of a line's cost, for a line whose origin is always this function."""
+    record = _access_records.make(
+        (
+            request.method,
+            request.path,
+            status,
+            decision.model,
+            decision.route,
+            decision.cache,
+            decision.served_by,
+            latency_s * 1000,
+        )
+    )
+    fields = record.__dict__
+    fields["api"] = api
+    fields["model"] = decision.model
+    fields["route"] = decision.route
+    fields["cache"] = decision.cache
+    fields["served_by"] = decision.served_by
+    fields["status"] = int(status) if status.isdigit() else status
+    fields["latency_ms"] = round(latency_s * 1000, 2)
+    access.handle(record)
+
+
+def _refuse_overload() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the router is at its concurrent request limit; retry shortly",
+        code="overloaded",
+        retry_after_s=1,
+    )
 
 
 @web.middleware
-async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The router's one middleware, three jobs in order (one layer, not three: each layer is
+    a coroutine and a wrapper per request):
+
+    1. context: a request id (the client's ``X-Request-Id`` when well-formed) on the answer and
+       on every log line; for inference answers the route headers, the request counters and
+       latency histogram, and the access line;
+    2. errors: every failure becomes the OpenAI error shape (:func:`hotcold.http.error_middleware`);
+    3. shedding: past ``server.max_concurrent_requests`` inference requests in flight, 503 at
+       once: a fast refusal the client can retry beats queueing until memory runs out. Health,
+       metrics and admin are never shed.
+    """
     request[REQUEST_ID] = request_id = _request_id(request)
     context = REQUEST_ID_CONTEXT.set(request_id)  # every log line of this request carries it
     api = _INFERENCE_PATHS.get(request.path)
     started = time.perf_counter()
     status = "cancelled"
+    recorded: RequestTrace | None = None
     try:
-        response = await handler(request)
+        if api is None:
+            response = await error_middleware(request, handler)
+        else:
+            parts = parts_of(request)
+            if parts.tracing.enabled:  # the request's span, current while it is handled
+                recorded = parts.tracing.start(request, api)
+            in_flight = parts.in_flight
+            if in_flight.count >= parts.config.server.max_concurrent_requests:
+                parts.metrics.count_refused("overloaded")
+                response = error_response(request, _refuse_overload())
+            else:
+                in_flight.count += 1
+                try:
+                    response = await error_middleware(request, handler)
+                finally:
+                    in_flight.count -= 1
         status = str(response.status)
     finally:
         decision: Decision = request.get(DECISION, ROUTER_ANSWER)
         if api is not None:
             finished = time.perf_counter()
+            first_token_at = request.get(FIRST_TOKEN_AT)  # set by a relayed stream
             parts_of(request).metrics.count_answer(
                 api,
                 (decision.route, decision.cache, decision.served_by, decision.model),
                 status,
                 finished - started,
                 finished,
+                request.get(TENANT, OTHER),
+                None if first_token_at is None else first_token_at - started,
             )
-            access.info(
-                "%s %s %s %s %s/%s/%s %.1f ms",
-                request.method,
-                request.path,
-                status,
-                decision.model,
-                decision.route,
-                decision.cache,
-                decision.served_by,
-                (finished - started) * 1000,
-                extra={
-                    "api": api,
-                    "model": decision.model,
-                    "route": decision.route,
-                    "cache": decision.cache,
-                    "served_by": decision.served_by,
-                    "status": int(status) if status.isdigit() else status,
-                    "latency_ms": round((finished - started) * 1000, 2),
-                },
-            )
+            if access.isEnabledFor(logging.INFO):  # a dictionary lookup when off
+                _log_access(request, api, decision, status, finished - started)
+            if recorded is not None:
+                parts_of(request).tracing.finish(
+                    recorded,
+                    (decision.route, decision.cache, decision.served_by, decision.model),
+                    status,
+                    request.get(TENANT, OTHER),
+                )
         REQUEST_ID_CONTEXT.reset(context)
     if not response.prepared:
-        response.headers.setdefault("X-Request-Id", request[REQUEST_ID])
+        headers = response.headers
+        if "X-Request-Id" not in headers:
+            headers["X-Request-Id"] = request_id
         if api is not None:
             for name, value in decision.headers().items():
-                response.headers.setdefault(name, value)
+                if name not in headers:
+                    headers[name] = value
     return response

@@ -18,7 +18,8 @@ from hotcold.wire.errors import BadRequest, UnsupportedMediaType
 JSON_TYPE = "application/json"
 MSGPACK_TYPE = "application/msgpack"
 _MSGPACK_ALIASES = frozenset({MSGPACK_TYPE, "application/x-msgpack", "application/vnd.msgpack"})
-_JSON_ALIASES = frozenset({JSON_TYPE, "text/json"})
+# A JSON merge patch (RFC 7396, PATCH /admin/policy) is JSON too.
+_JSON_ALIASES = frozenset({JSON_TYPE, "text/json", "application/merge-patch+json"})
 # Nesting deeper than this is refused (JSON and msgpack alike), 400 at parse time: a body is a
 # handful of levels deep (tool schemas, response formats, metadata reach a dozen), and a deep
 # one is either a mistake or an attack on whatever recurses over it later (orjson's encoder
@@ -46,7 +47,10 @@ def decode_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
             document = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"malformed JSON body: {exc}", code="malformed_json") from exc
-        check_depth(document)
+        # Every object or array opens with a bracket, so a body with at most MAX_NESTING of
+        # them (brackets inside strings count too) cannot nest deeper: no walk needed.
+        if raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
+            check_depth(document)
     else:
         raise UnsupportedMediaType(
             f"Content-Type {content_type!r} is not supported: send {JSON_TYPE} or {MSGPACK_TYPE}"
