@@ -3,18 +3,26 @@
 - ``GET /admin/policy``: the effective policy, where each value came from (default,
   environment, file, flag, or the fleet change that set it: version, who, when, why), the
   threshold and why it moved, cache, sketch, edge. ``ETag`` is the policy version.
-- ``PUT /admin/policy``: change the policy for the whole fleet. Body::
+- ``PUT /admin/policy``: replace the policy for the whole fleet with the document ``GET``
+  returned, edited (its ``policy.values`` are the new policy, its ``policy.version`` the
+  version it was read at: compare-and-set). A value equal to this router's file is handed
+  back to the file; the read-only parts of the document are ignored. The older envelope is
+  still accepted::
 
       {"changes": {"threshold": {"max": 8}, "cache": {"ttl_s": null}},
        "by": "alice", "reason": "evening peak"}
 
-  ``changes`` is a JSON merge patch (RFC 7396) of live settings; ``null`` hands a value back
-  to each gateway's file. Compare-and-set on the version: send ``If-Match: "<version>"`` (or
-  ``"expected_version"`` in the body) to change only what you read; an edit based on an older
-  version gets 409 ``version_conflict`` with the current version and nothing is written. 422
-  names a bad key or value; 503 when the fleet's Redis cannot be reached (nothing changed).
+- ``PATCH /admin/policy`` with ``Content-Type: application/merge-patch+json``: a JSON merge
+  patch (RFC 7396) of ``policy.values``, e.g. ``{"threshold": {"max": 8}}``; ``null`` hands a
+  value back to each gateway's file. ``?by=alice&reason=...`` say who and why.
+
+  Compare-and-set on the version: send ``If-Match: "<version>"`` (or ``"expected_version"``
+  in the envelope) to change only what you read; an edit based on an older version gets 409
+  ``version_conflict`` with the current version and nothing is written. 422 names a bad key
+  or value; 503 when the fleet's Redis cannot be reached (nothing changed).
 - ``GET /admin/fleet``: Redis state, this router's id, the live members and their versions.
 - ``POST /admin/reload``: re-read the config file now (as SIGHUP does).
+- ``/admin/keys``, ``/admin/tenants``: API keys and tenant limits, live (router/admin_tenants.py).
 """
 
 from __future__ import annotations
@@ -31,14 +39,24 @@ from hotcold.wire import (
     InvalidSetting,
     ServiceUnavailable,
     Unauthorized,
+    UnsupportedMediaType,
 )
+from hotcold.wire.codec import media_type
 from router.access import is_admin, valid_token
-from router.dashboard import dashboard_data, dashboard_page
+from router.admin_tenants import add_routes as add_tenant_routes
+from router.dashboard import (
+    common_script,
+    dashboard_data,
+    dashboard_page,
+    fleet_data,
+    fleet_page,
+)
 from router.parts import parts_of
-from router.policy import PolicyError
+from router.policy import PolicyError, replacement_patch
 from router.policy_manager import StoreUnavailable, VersionConflict
 from router.sessions import COOKIE
 
+MERGE_PATCH_TYPE = "application/merge-patch+json"
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
 
 
@@ -89,26 +107,31 @@ def _expected_version(request: web.Request, body: dict[str, Any]) -> int | None:
     return expected
 
 
-async def put_policy(request: web.Request) -> web.Response:
-    state = parts_of(request)
-    body = await read_document(request)
-    unknown = set(body) - {"changes", "by", "reason", "expected_version"}
-    if unknown:
-        raise InvalidSetting(
-            f"unknown field(s): {', '.join(sorted(unknown))}", code="unknown_field"
-        )
-    changes, by, reason = body.get("changes"), body.get("by"), body.get("reason", "")
-    if not isinstance(changes, dict) or not changes:
-        raise InvalidSetting("'changes' must be a non-empty object of settings", param="changes")
+def _who(request: web.Request, by: Any) -> str:
     if by is None:
-        fleet = state.fleet
+        fleet = parts_of(request).fleet
         by = f"admin api on {fleet.router_id if fleet else 'this router'}"
     if not isinstance(by, str) or not 0 < len(by) <= 200:
         raise InvalidSetting("'by' must be a string of 1-200 characters", param="by")
+    return by
+
+
+def _why(reason: Any) -> str:
     if not isinstance(reason, str) or len(reason) > 500:
         raise InvalidSetting("'reason' must be a string of at most 500 characters", param="reason")
+    return reason
+
+
+async def _commit(
+    request: web.Request, changes: dict[str, Any], by: str, reason: str, expected: int | None
+) -> web.Response:
+    """Commit a merge patch of the live policy fleet-wide; answer with the new document."""
+    state = parts_of(request)
     try:
-        await state.manager.change(changes, by, reason, _expected_version(request, body))
+        if changes:
+            await state.manager.change(changes, by, reason, expected)
+        elif expected is not None and expected != state.manager.document.version:
+            raise VersionConflict(expected, state.manager.document.version)
     except PolicyError as exc:
         raise InvalidSetting(f"invalid policy change: {exc}", code="invalid_policy") from None
     except VersionConflict as exc:
@@ -121,6 +144,57 @@ async def put_policy(request: web.Request) -> web.Response:
             f"{exc}; the change was not applied", code="fleet_unavailable", retry_after_s=1
         ) from None
     return respond(request, policy_document(request), headers=_etag(state.manager.document.version))
+
+
+async def put_policy(request: web.Request) -> web.Response:
+    body = await read_document(request)
+    if "changes" in body or not {"policy", "values"} & set(body):
+        return await _put_changes(request, body)  # the envelope; names what is unknown
+    # The document GET returns (or its "policy" part): a replacement of the live values.
+    described = body.get("policy", body)
+    values = described.get("values") if isinstance(described, dict) else None
+    if not isinstance(values, dict):
+        raise InvalidSetting(
+            "send the document GET /admin/policy returns with policy.values edited (or"
+            ' {"changes": <merge patch>}; PATCH takes a merge patch)',
+            param="policy.values",
+        )
+    version = described.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise InvalidSetting("policy.version must be an integer", param="policy.version")
+    expected = _expected_version(request, {}) if "If-Match" in request.headers else version
+    manager = parts_of(request).manager
+    changes = replacement_patch(manager.base, manager.document.changes, values)
+    by, reason = _who(request, body.get("by")), _why(body.get("reason", "policy replaced (PUT)"))
+    return await _commit(request, changes, by, reason, expected)
+
+
+async def _put_changes(request: web.Request, body: dict[str, Any]) -> web.Response:
+    unknown = set(body) - {"changes", "by", "reason", "expected_version"}
+    if unknown:
+        raise InvalidSetting(
+            f"unknown field(s): {', '.join(sorted(unknown))}", code="unknown_field"
+        )
+    changes = body.get("changes")
+    if not isinstance(changes, dict) or not changes:
+        raise InvalidSetting("'changes' must be a non-empty object of settings", param="changes")
+    by, reason = _who(request, body.get("by")), _why(body.get("reason", ""))
+    return await _commit(request, changes, by, reason, _expected_version(request, body))
+
+
+async def patch_policy(request: web.Request) -> web.Response:
+    """A JSON merge patch of the live values (``policy.values`` of GET)."""
+    if media_type(request.headers.get("Content-Type")) != MERGE_PATCH_TYPE:
+        raise UnsupportedMediaType(
+            f"PATCH /admin/policy takes Content-Type: {MERGE_PATCH_TYPE}, e.g."
+            ' {"threshold": {"max": 8}}'
+        )
+    patch = await read_document(request)
+    if not patch:
+        raise InvalidSetting("the merge patch changes nothing", param="body")
+    by = _who(request, request.query.get("by"))
+    reason = _why(request.query.get("reason", ""))
+    return await _commit(request, patch, by, reason, _expected_version(request, {}))
 
 
 async def get_fleet(request: web.Request) -> web.Response:
@@ -220,10 +294,15 @@ def admin_app() -> web.Application:
     admin = web.Application(middlewares=[admin_auth])
     admin.router.add_get("/dashboard", dashboard_page)
     admin.router.add_get("/dashboard/data", dashboard_data)
+    admin.router.add_get("/dashboard/common.js", common_script)
+    admin.router.add_get("/dashboard/fleet", fleet_page)
+    admin.router.add_get("/dashboard/fleet/data", fleet_data)
     admin.router.add_get("/policy", get_policy)
     admin.router.add_put("/policy", put_policy)
+    admin.router.add_patch("/policy", patch_policy)
     admin.router.add_get("/fleet", get_fleet)
     admin.router.add_post("/reload", reload_config)
     admin.router.add_put("/release", put_release)
     admin.router.add_get("/memory", memory)
+    add_tenant_routes(admin)  # /admin/keys, /admin/tenants (router/admin_tenants.py)
     return admin

@@ -100,6 +100,9 @@ class ResolvedModel:
         return f"{self.entry.pool}\x1f{self.upstream_name}\x1f{edge}"
 
 
+REMEMBERED_NAMES = 1024  # model names a catalog remembers it resolved (Catalog.find)
+
+
 def not_found(name: str) -> ModelNotFound:
     """OpenAI's answer for a model it does not know."""
     return ModelNotFound(
@@ -113,6 +116,7 @@ class Catalog:
         self.default = default
         self._exact: dict[str, CatalogModel] = {}
         self._patterns: list[tuple[str, CatalogModel]] = []
+        self._found: dict[str, ResolvedModel] = {}  # see find()
         for model in models:
             self._exact[model.name] = model
             for alias in model.aliases:
@@ -143,13 +147,23 @@ class Catalog:
         return frozenset(model.pool for model in self.models)
 
     def find(self, name: str) -> ResolvedModel | None:
+        """The model a name resolves to. Names found are remembered (a catalog is never
+        changed, a reload builds a new one), at most :data:`REMEMBERED_NAMES` of them: with
+        a pattern alias clients can send any number of names."""
+        resolved = self._found.get(name)
+        if resolved is not None:
+            return resolved
         model = self._exact.get(name)
         if model is not None:
-            return ResolvedModel(model, model.name)
-        for pattern, model in self._patterns:
-            if fnmatch.fnmatchcase(name, pattern):
-                return ResolvedModel(model, name)
-        return None
+            resolved = ResolvedModel(model, model.name)
+        else:
+            for pattern, candidate in self._patterns:
+                if fnmatch.fnmatchcase(name, pattern):
+                    resolved = ResolvedModel(candidate, name)
+                    break
+        if resolved is not None and len(self._found) < REMEMBERED_NAMES:
+            self._found[name] = resolved
+        return resolved
 
     def resolve(self, requested: str | None, api: str) -> ResolvedModel:
         """The model a request names (or the default); 404 ``model_not_found`` for a name

@@ -1,10 +1,16 @@
-"""``/dashboard``: one page, no build step, that shows the gateway live.
+"""``/dashboard``: one page, no build step, that shows the gateway live; and
+``/dashboard/fleet``: every router of the fleet side by side.
 
 A recorder samples the router's state every ``dashboard.sample_interval_s`` into a bounded
 history (``dashboard.history_points``, 600 = 10 minutes at 1 s), so the page shows the recent
 past the moment it opens; the page polls ``/dashboard/data`` and draws with inline SVG. The
 edge node's load and memory come from its ``/healthz``, read by the recorder (never by a
 request), with a short timeout.
+
+The fleet page reads the members' key figures through Redis: each router puts
+:meth:`DashboardRecorder.figures` (a dozen numbers) into its membership heartbeat
+(router/fleet_members.py), so one router's page shows them all without knowing their
+addresses, and a member that stops beating leaves the page with the fleet.
 """
 
 from __future__ import annotations
@@ -46,6 +52,29 @@ class DashboardRecorder:
         self._previous: dict[tuple[str, str, str], int] = {}
         self._previous_at: float | None = None
         self._lookups: deque[tuple[float, int, int]] = deque()  # (at, hits, lookups) totals
+
+    def figures(self) -> dict[str, Any]:
+        """This router's key figures for the fleet page (small: they ride every heartbeat)."""
+        last = self.history[-1] if self.history else {}
+        state = self._state()
+        hot = sum(v for (route, _, _), v in self.metrics.answer_totals.items() if route == "hot")
+        total = sum(self.metrics.answer_totals.values())
+        cost = self.cost()
+        return {
+            "at": last.get("t"),
+            "requests": total,
+            "rps": round(last.get("hot_rps", 0.0) + last.get("cold_rps", 0.0), 2),
+            "hot_share": round(hot / total, 4) if total else None,
+            "hit_ratio": last.get("hit_ratio"),
+            "p99_hot_ms": last.get("p99_hot"),
+            "p99_cold_ms": last.get("p99_cold"),
+            "threshold": state["threshold"],
+            "saved": round(cost.saved, 6),
+            "currency": state.get("currency"),
+            "cloud_up": state.get("cloud_up"),
+            "edge": state.get("edge"),
+            "policy_version": state.get("policy_version"),
+        }
 
     def sample(self) -> dict[str, Any]:
         """One point: rates since the previous point, the current levels."""
@@ -109,9 +138,8 @@ async def _edge_health(session: aiohttp.ClientSession, url: str) -> dict[str, An
     return None
 
 
-async def dashboard_page(request: web.Request) -> web.StreamResponse:
-    """The page, under /admin (its login: router/admin.py's middleware)."""
-    page = resources.files("router").joinpath("static/dashboard.html").read_bytes()
+def _page(name: str) -> web.Response:
+    page = resources.files("router").joinpath(f"static/{name}").read_bytes()
     return web.Response(
         body=page,
         content_type="text/html",
@@ -119,8 +147,51 @@ async def dashboard_page(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def dashboard_page(request: web.Request) -> web.StreamResponse:
+    """The page, under /admin (its login: router/admin.py's middleware)."""
+    return _page("dashboard.html")
+
+
+async def common_script(request: web.Request) -> web.StreamResponse:
+    """The script both pages share (static/common.js)."""
+    script = resources.files("router").joinpath("static/common.js").read_bytes()
+    return web.Response(
+        body=script, content_type="text/javascript", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def fleet_page(request: web.Request) -> web.StreamResponse:
+    """The fleet's routers side by side (``/admin/dashboard/fleet``)."""
+    return _page("fleet.html")
+
+
+async def fleet_data(request: web.Request) -> web.Response:
+    """Every live member's key figures as its last heartbeat carried them (standalone: this
+    router's own)."""
+    parts = parts_of(request)
+    fleet = parts.fleet
+    if fleet is None:
+        members = [
+            {"router_id": "this router", "host": None, "last_seen_ms": 0, "policy_version":
+             parts.manager.document.version, "figures": parts.dashboard.figures()}
+        ]  # fmt: skip
+        name, router_id, state = None, "this router", "standalone"
+    else:
+        members = [member.describe() for member in fleet.members]
+        name, router_id = parts.config.fleet.name, fleet.router_id
+        state = parts.fleet_status()["state"]
+    document = {
+        "now": time.time(),
+        "fleet": name,
+        "state": state,
+        "router_id": router_id,
+        "members": sorted(members, key=lambda m: str(m["router_id"])),
+    }
+    return respond(request, document, headers={"Cache-Control": "no-store"})
+
+
 _CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
     "connect-src 'self'; img-src 'self' data:"
 )
 

@@ -114,14 +114,35 @@ def openapi_document() -> dict[str, Any]:
                         "content": {
                             "application/json": {
                                 "schema": {
+                                    "description": "the document GET returns, policy.values"
+                                    " edited (a replacement), or the envelope"
+                                    " {changes: <merge patch>, by, reason}",
                                     "type": "object",
                                     "properties": {
+                                        "policy": {"type": "object"},
                                         "changes": {"type": "object"},
                                         "by": {"type": "string"},
                                         "reason": {"type": "string"},
                                         "expected_version": {"type": "integer"},
                                     },
-                                    "required": ["changes"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("the new policy"),
+                        **_errors(400, 401, 409, 415, 422, 503),
+                    },
+                },
+                "patch": {
+                    "security": admin,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/merge-patch+json": {
+                                "schema": {
+                                    "description": "a JSON merge patch of policy.values",
+                                    "type": "object",
                                 }
                             }
                         },
@@ -133,10 +154,61 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
             "/admin/fleet": {"get": {"security": admin, "responses": {"200": _json("fleet")}}},
+            **_key_paths(admin),
         },
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _key_paths(admin: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """The live API keys and tenant limits (router/admin_tenants.py)."""
+
+    def body(description: str, properties: dict[str, Any]) -> dict[str, Any]:
+        schema = {"type": "object", "description": description, "properties": properties}
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    number, integer, text = {"type": "number"}, {"type": "integer"}, {"type": "string"}
+    limits = {
+        "requests_per_s": number,
+        "burst": integer,
+        "tokens_per_min": integer,
+        "edge_weight": number,
+        "edge_share": number,
+    }
+    return {
+        "/admin/keys": {
+            "get": {"security": admin, "responses": {"200": _json("keys, never a secret")}},
+            "post": {
+                "security": admin,
+                "requestBody": body(
+                    "a key for a tenant", {"tenant": {"type": "string"}, "name": {"type": "string"}}
+                ),
+                "responses": {"201": _json("the key, shown once"), **_errors(401, 422, 503)},
+            },
+        },
+        "/admin/keys/{id}": {
+            "delete": {
+                "security": admin,
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": text}],
+                "responses": {"200": _json("revoked"), **_errors(401, 404, 503)},
+            }
+        },
+        "/admin/tenants": {"get": {"security": admin, "responses": {"200": _json("limits")}}},
+        "/admin/tenants/{tenant}/limits": {
+            "put": {
+                "security": admin,
+                "parameters": [{"name": "tenant", "in": "path", "required": True, "schema": text}],
+                "requestBody": body("the tenant's limits, fleet-wide", limits),
+                "responses": {"200": _json("limits"), **_errors(401, 422, 503)},
+            },
+            "delete": {
+                "security": admin,
+                "parameters": [{"name": "tenant", "in": "path", "required": True, "schema": text}],
+                "responses": {"200": _json("limits"), **_errors(401, 503)},
+            },
         },
     }
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +46,14 @@ def chat(text: str) -> dict[str, Any]:
             "temperature": 0}  # fmt: skip
 
 
-async def drive(url: str, requests: int, distinct: int = 10) -> None:
+async def drive(url: str, requests: int, distinct: int = 10, temperature: float = 0) -> None:
+    """Requests over ``distinct`` prompts (temperature 0: cacheable; above: sampled, so a
+    recurring one is a hot miss for the edge)."""
     async with aiohttp.ClientSession() as session:
 
         async def one(index: int) -> None:
-            async with session.post(
-                url + "/v1/chat/completions", json=chat(f"sensor {index % distinct}")
-            ) as response:
+            body = {**chat(f"sensor {index % distinct}"), "temperature": temperature}
+            async with session.post(url + "/v1/chat/completions", json=body) as response:
                 assert response.status == 200
                 await response.read()
 
@@ -70,10 +73,10 @@ async def test_metrics_parse_and_carry_the_operator_series(
     expected = [
         "hotcold_requests", "hotcold_request_latency_seconds", "hotcold_threshold",
         "hotcold_threshold_min", "hotcold_threshold_max", "hotcold_cache_entries",
-        "hotcold_cache_bytes", "hotcold_cache_hit_ratio", "hotcold_cache_evictions",
+        "hotcold_cache_bytes", "hotcold_cache_hits", "hotcold_cache_evictions",
         "hotcold_sketch_memory_bytes", "hotcold_upstream_up", "hotcold_upstream_outstanding",
         "hotcold_upstream_circuit_state", "hotcold_policy_version", "hotcold_tokens",
-        "hotcold_cost_estimated", "hotcold_cost_saved",
+        "hotcold_estimated_cost_usd", "hotcold_estimated_savings_usd",
     ]  # fmt: skip
     missing = [name for name in expected if name not in families]
     assert not missing, missing
@@ -82,8 +85,8 @@ async def test_metrics_parse_and_carry_the_operator_series(
         for family in families.values()
         for s in family.samples
     }
-    all_cloud = samples[("hotcold_cost_estimated", (("scenario", "all_cloud"),))]
-    actual = samples[("hotcold_cost_estimated", (("scenario", "actual"),))]
+    all_cloud = samples[("hotcold_estimated_cost_usd_total", (("scenario", "all_cloud"),))]
+    actual = samples[("hotcold_estimated_cost_usd_total", (("scenario", "actual"),))]
     assert all_cloud > actual > 0  # the cache answered 30 of the 40 for free
     cache_tokens = sum(
         value for (name, labels), value in samples.items()
@@ -92,20 +95,13 @@ async def test_metrics_parse_and_carry_the_operator_series(
     assert cache_tokens > 0
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium)")
-async def test_dashboard_live_in_headless_chromium(
-    stub: StubFactory, router: RouterFactory
-) -> None:
+async def browse(check: Callable[[Any, list[str]], Awaitable[None]]) -> list[str]:
+    """Run ``check(page, errors)`` in a headless Chromium page; what the browser logged as an
+    error (console errors, page errors, answers of 400 and above), which ``check`` may clear
+    after a failure it expects."""
     from playwright.async_api import async_playwright
 
-    cloud = await stub()
-    server = await router(
-        [cloud.url, (await stub()).url],
-        dashboard={"sample_interval_s": 0.2},
-        admin={"token": "dashboard-admin-token"},
-    )
     errors: list[str] = []
-    OUTPUT.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
@@ -118,31 +114,48 @@ async def test_dashboard_live_in_headless_chromium(
                 "response",
                 lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None,
             )
-            # Without the admin token the page is refused; with it, the cookie carries it.
-            refused = await page.goto(server.url + "/dashboard")
-            assert refused is not None and refused.status == 401
-            errors.clear()  # the browser logs the 401 itself
-            await page.goto(server.url + "/dashboard?token=dashboard-admin-token")
-            await page.wait_for_function(
-                "document.getElementById('stat-total').textContent === '0'"
-            )
-            assert "live" in (await page.text_content("#status") or "")
-            await drive(server.url, 120)
-
-            async def moved() -> bool:
-                total = await page.text_content("#stat-total")
-                return total is not None and total.replace(",", "") == "120"
-
-            await wait_for(moved, timeout_s=10, message="the page to show 120 requests")
-            await page.wait_for_function("document.querySelectorAll('#chart-rps path').length >= 2")
-            hit = await page.text_content("#stat-hit")
-            assert hit is not None and hit.endswith("%") and float(hit[:-1]) > 50
-            cloud_rows = await page.locator("#cloud tr").count()
-            assert cloud_rows == 3  # header + two endpoints
-            assert "healthy" in (await page.text_content("#cloud") or "")
-            await page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
+            await check(page, errors)
         finally:
             await browser.close()
+    return errors
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium)")
+async def test_dashboard_live_in_headless_chromium(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    cloud = await stub()
+    server = await router(
+        [cloud.url, (await stub()).url],
+        dashboard={"sample_interval_s": 0.2},
+        admin={"token": "dashboard-admin-token"},
+    )
+    OUTPUT.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
+
+    async def check(page: Any, errors: list[str]) -> None:
+        # Without the admin token the page is refused; with it, the cookie carries it.
+        refused = await page.goto(server.url + "/dashboard")
+        assert refused is not None and refused.status == 401
+        errors.clear()  # the browser logs the 401 itself
+        await page.goto(server.url + "/dashboard?token=dashboard-admin-token")
+        await page.wait_for_function("document.getElementById('stat-total').textContent === '0'")
+        assert "live" in (await page.text_content("#status") or "")
+        await drive(server.url, 120)
+
+        async def moved() -> bool:
+            total = await page.text_content("#stat-total")
+            return total is not None and total.replace(",", "") == "120"
+
+        await wait_for(moved, timeout_s=10, message="the page to show 120 requests")
+        await page.wait_for_function("document.querySelectorAll('#chart-rps path').length >= 2")
+        hit = await page.text_content("#stat-hit")
+        assert hit is not None and hit.endswith("%") and float(hit[:-1]) > 50
+        cloud_rows = await page.locator("#cloud tr").count()
+        assert cloud_rows == 3  # header + two endpoints
+        assert "healthy" in (await page.text_content("#cloud") or "")
+        await page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
+
+    errors = await browse(check)
     assert not errors, errors
     assert (OUTPUT / "dashboard.png").stat().st_size > 10_000
 
@@ -255,3 +268,118 @@ async def test_readiness_details_and_metrics_are_for_operators(
             assert response.status == 200
         async with session.get(public_server.url + "/readyz") as response:
             assert "pools" in (await response.json())["cloud"]
+
+
+# What the page draws: every line inside its chart's plot (data-plot: left top right bottom,
+# in the svg's units), with a small allowance for the stroke; the violations, if any.
+PATHS_OUTSIDE_THEIR_PLOT = """
+() => {
+  const bad = [];
+  for (const svg of document.querySelectorAll("svg[data-plot]")) {
+    const [l, t, r, b] = svg.dataset.plot.split(" ").map(Number);
+    const box = svg.getBoundingClientRect();
+    for (const shape of svg.querySelectorAll("path, circle")) {
+      const g = shape.getBBox();
+      const outside = g.x < l - 3 || g.y < t - 3 || g.x + g.width > r + 3 || g.y + g.height > b + 3;
+      const client = shape.getBoundingClientRect();
+      if (outside || client.bottom > box.bottom || client.top < box.top) {
+        bad.push(`${svg.id}: ${g.x},${g.y} ${g.width}x${g.height} outside ${l} ${t} ${r} ${b}`);
+      }
+    }
+  }
+  return bad;
+}
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium)")
+async def test_after_a_demo_like_load_every_line_stays_inside_its_chart(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    """Hot and cold traffic, cache hits, an edge node, and an edge GPU priced so the saving
+    starts below zero: the cost line must cross its zero axis inside the chart (it used to be
+    drawn below the chart, into the legend). Time labels under every chart; the edge and the
+    cloud tables name endpoint states alike."""
+    cloud, edge = await stub(), await stub()
+    server = await router(
+        [cloud.url],
+        edge={"endpoints": [edge.url], "release": {"enabled": False},
+              "latency": {"cost_first": True}},
+        dashboard={"sample_interval_s": 0.2},
+        cost={"edge_gpu_per_hour": 500.0},
+    )  # fmt: skip
+    OUTPUT.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
+
+    async def check(page: Any, errors: list[str]) -> None:
+        await page.goto(server.url + "/admin/dashboard")
+        await page.wait_for_function(
+            "() => document.getElementById('stat-total').textContent === '0'"
+        )
+        await drive(server.url, 120)  # cold first sightings, then cache hits
+        await drive(server.url, 40, distinct=4, temperature=0.8)  # hot misses: the edge
+        await page.wait_for_function(
+            "() => document.getElementById('stat-total').textContent.replace(',', '') === '160'"
+            " && document.querySelectorAll('#chart-saved path, #chart-saved circle').length > 0"
+            " && document.querySelectorAll('#chart-rps text.time').length === 3"
+        )
+        assert await page.evaluate(PATHS_OUTSIDE_THEIR_PLOT) == []
+        labels = await page.locator("#chart-rps text.time").all_text_contents()
+        assert all(re.fullmatch(r"\d{2}:\d{2}:\d{2}", label) for label in labels), labels
+        edge_table = await page.text_content("#edge") or ""
+        assert "healthy" in edge_table and "(closed)" not in edge_table
+        assert "healthy" in (await page.text_content("#cloud") or "")
+        await page.screenshot(path=str(OUTPUT / "dashboard-demo.png"), full_page=True)
+
+    errors = await browse(check)
+    assert not errors, errors
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(server.url + "/admin/dashboard/data") as response,
+    ):
+        history = (await response.json())["history"]
+    assert min(point["saved"] for point in history) < 0  # the case this test is about was drawn
+    assert any(point["edge_rps"] > 0 for point in history)  # the edge took hot misses
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium)")
+async def test_the_fleet_page_shows_every_router_side_by_side(
+    stub: StubFactory, router: RouterFactory, redis_servers: Any
+) -> None:
+    """Two routers on one Redis: either one's fleet page shows both, each with the figures
+    its own heartbeat carried (read through Redis, not from the page's router)."""
+    redis = await redis_servers().started()
+    cloud = await stub()
+    fleet = {"redis_url": redis.url, "name": "board", "heartbeat_interval_s": 0.2,
+             "member_ttl_s": 1.0}  # fmt: skip
+    first = await router([cloud.url], fleet={**fleet, "router_id": "gw-a"},
+                         dashboard={"sample_interval_s": 0.2})  # fmt: skip
+    second = await router([cloud.url], fleet={**fleet, "router_id": "gw-b"},
+                          dashboard={"sample_interval_s": 0.2})  # fmt: skip
+    await drive(first.url, 30)
+    await drive(second.url, 50)
+
+    async def both_counted() -> bool:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(first.url + "/admin/dashboard/fleet/data") as response,
+        ):
+            members = (await response.json())["members"]
+        counts = {m["router_id"]: (m["figures"] or {}).get("requests") for m in members}
+        return counts == {"gw-a": 30, "gw-b": 50}
+
+    await wait_for(both_counted, timeout_s=15, message="both routers' figures through Redis")
+
+    async def check(page: Any, errors: list[str]) -> None:
+        await page.goto(first.url + "/admin/dashboard/fleet")
+        await page.wait_for_function(
+            "() => document.querySelectorAll('#members thead th').length === 4"
+        )  # the labels' column, gw-a, gw-b, the fleet's total
+        head = await page.text_content("#members thead") or ""
+        assert "gw-a (this)" in head and "gw-b" in head
+        first_row = await page.locator("#members tbody tr").first.all_text_contents()
+        assert "30" in first_row[0] and "50" in first_row[0] and "80" in first_row[0]
+        await page.screenshot(path=str(OUTPUT / "dashboard-fleet.png"), full_page=True)
+
+    OUTPUT.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
+    errors = await browse(check)
+    assert not errors, errors
