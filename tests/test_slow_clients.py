@@ -9,6 +9,7 @@ the server's own parse errors are answered in the OpenAI error shape. Outcomes a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -137,13 +138,33 @@ async def test_slow_and_idle_clients_are_closed_and_normal_clients_answered(
 
 
 async def test_keep_alive_connections_are_closed_when_idle(guarded: Server) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(guarded.url + "/v1/chat/completions", json=CHAT) as answer:
-            assert answer.status == 200
+    # A raw client, so the close is observed on the client's own socket: a pooled aiohttp
+    # connection can be reused in the instant between the server's close and the client
+    # reading the FIN, which made this test flaky (a POST is not retried on a dead socket).
+    body = json.dumps(CHAT).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    reader, writer = await asyncio.open_connection(guarded.host, guarded.port)
+    try:
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=60)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"connection: close" not in head.lower(), "the answer keeps the connection alive"
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await asyncio.wait_for(reader.readexactly(length), timeout=60)
         assert connections(guarded) == 1
-        await wait_for(lambda: connections(guarded) == 0, message="the idle close")
-        async with session.post(guarded.url + "/v1/chat/completions", json=CHAT) as answer:
-            assert answer.status == 200  # the client's pool notices and connects again
+        leftover = await asyncio.wait_for(reader.read(), timeout=60)  # EOF: the idle close
+        assert leftover == b"", "the idle connection is closed without another answer"
+    finally:
+        writer.close()
+    await wait_for(lambda: connections(guarded) == 0, message="the idle close")
+    async with (  # and the server still takes new connections
+        aiohttp.ClientSession() as session,
+        session.post(guarded.url + "/v1/chat/completions", json=CHAT) as answer,
+    ):
+        assert answer.status == 200
 
 
 @pytest.mark.parametrize(
