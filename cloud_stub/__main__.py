@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -11,7 +10,8 @@ from cloud_stub.app import create_app
 from cloud_stub.config import StubConfig
 from cloud_stub.handlers import STATE
 from hotcold.dataclass_config import load_dataclass_config
-from hotcold.serving import Server, serve_forever
+from hotcold.otel import TracingUnavailable, add_tracing_flag, enable_tracing
+from hotcold.serving import Server, run, serve_forever
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,6 +30,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slow-ms", type=float)
     parser.add_argument("--drop-rate", type=float, help="share of connections dropped unanswered")
     parser.add_argument("--seed", type=int)
+    add_tracing_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -46,15 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cloud_stub: bad configuration: {exc}", file=sys.stderr)
         return 2
     app = create_app(config)
+    if args.tracing:
+        try:
+            enable_tracing(app, "hotcold-cloud-stub")
+        except TracingUnavailable as exc:
+            print(f"cloud_stub: {exc}", file=sys.stderr)
+            return 2
     server = Server(app, config.host, config.port)
     app[STATE].server = server
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(serve_forever(server))
+    run(serve_forever(server))
     return 0
 
 

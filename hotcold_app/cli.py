@@ -1,4 +1,5 @@
-"""The ``hotcold`` console script: ``up``, ``demo`` and ``bench``."""
+"""The ``hotcold`` console script: ``serve`` and ``edge`` (one service each, for production),
+``up`` and ``demo`` (everything on one machine), ``key`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hotcold.console import make_console
+from hotcold_app import keys_client
 from hotcold_app.stack import ROUTER_PORT, Stack, StackOptions, edge_available, prepare_model
 
 
@@ -44,12 +47,19 @@ def _bench_soak(argv: list[str]) -> int:
     return soak.main(argv)
 
 
+def _bench_fleet(argv: list[str]) -> int:
+    from bench import fleet
+
+    return fleet.main(argv)
+
+
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "proxy": _bench_proxy,
     "policy": _bench_policy,
     "node": _bench_node,
     "soak": _bench_soak,
     "edge": _bench_edge,
+    "fleet": _bench_fleet,
 }
 
 
@@ -76,8 +86,55 @@ def _add_stack_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stubs", type=int, default=2, help="cloud stub servers to start")
     parser.add_argument("--port", type=int, default=ROUTER_PORT, help="router port (if free)")
     parser.add_argument("--log-dir", default="hotcold-logs", help="where service logs go")
-    parser.add_argument("--no-edge", action="store_true", help="no edge node (router + cloud)")
-    parser.add_argument("--model", default="default", help="edge model: default or a folder")
+    parser.add_argument(
+        "--no-edge", action="store_true", help="no edge node (router + cloud stubs only)"
+    )
+    parser.add_argument(
+        "--model", default="default", help="edge model: default (SmolLM2-135M) or a folder"
+    )
+
+
+DESCRIPTION = """\
+hotcold: an edge/cloud hot-cold request router for LLM inference.
+
+In production, run one service per process (systemd units and Kubernetes manifests: deploy/):
+  hotcold serve --config /etc/hotcold/router.yaml    the router
+  hotcold edge --config /etc/hotcold/edge_node.yaml  the edge node (needs the [edge] extra)
+On one machine, to try it:
+  hotcold up / hotcold demo                          router + cloud stubs + edge node
+"""
+
+# Sub-commands that hand their arguments to a service's own command line, flags and help
+# included: `hotcold serve ...` is `python -m router ...`, `hotcold edge ...` is
+# `python -m edge_node ...`.
+SERVICES = {
+    "serve": "run the router (python -m router): hotcold serve --config FILE [flags]; "
+    "hotcold serve --help lists every flag and its default",
+    "edge": "run the edge node (python -m edge_node; the [edge] extra): hotcold edge "
+    "--config FILE [flags]",
+}
+
+
+def _run_service(command: str, argv: list[str]) -> int:
+    prog = f"hotcold {command}"
+    if command == "serve":
+        from router.__main__ import main as router_main
+
+        return router_main(argv, prog=prog)
+    if not edge_available():
+        print(
+            "hotcold edge: the edge extra is not installed: pip install 'hotcold[edge]' "
+            "(docs/deploy.md says how to get CUDA torch)",
+            file=sys.stderr,
+        )
+        return 2
+    from edge_node.__main__ import main as edge_main
+
+    return edge_main(argv, prog=prog)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each flag's help ends with its default; the description keeps its lines."""
 
 
 async def _up(options: StackOptions) -> None:
@@ -111,46 +168,46 @@ async def _up(options: StackOptions) -> None:
         stack.stop()
 
 
-def _new_key(tenant: str, name: str | None) -> int:
-    """Print a fresh key (give it to the client) and the config lines (only its hash)."""
-    import re
-    import secrets
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hotcold", description=DESCRIPTION, formatter_class=_HelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from router.config import TENANT_PATTERN
-    from router.tenants import key_digest  # the digest the router compares against
+    def command(name: str, help_text: str, **options: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_HelpFormatter, **options
+        )
 
-    if not re.match(TENANT_PATTERN, tenant):
-        print("hotcold key: --tenant must be 1-64 of [A-Za-z0-9._-]", file=sys.stderr)
-        return 2
-    key = "hc_" + secrets.token_urlsafe(32)
-    digest = key_digest(key)
-    print(f"API key for tenant {tenant} (shown once; the router keeps only its hash):\n  {key}")
-    print("\nadd to the router's config (tenants.api_keys):")
-    label = f", name: {name}" if name else ""
-    print(f"  - {{tenant: {tenant}, sha256: {digest}{label}}}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hotcold", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start every part with embedded defaults and stay up")
+    for name, help_text in SERVICES.items():
+        command(name, help_text, add_help=False)  # listed here; parsed by the service
+    up = command("up", "start router, cloud stubs and edge node with built-in defaults; stay up")
     _add_stack_flags(up)
-    demo = commands.add_parser("demo", help="up + an IoT workload + a summary")
+    demo = command("demo", "up + an IoT workload + a summary of where requests went and why")
     _add_stack_flags(demo)
-    demo.add_argument("--requests", type=int, default=600)
-    demo.add_argument("--concurrency", type=int, default=8)
+    demo.add_argument("--requests", type=int, default=600, help="requests the workload sends")
+    demo.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     demo.add_argument(
         "--stay", action="store_true", help="keep everything up after the workload (Ctrl-C)"
     )
-    key = commands.add_parser("key", help="make an API key for a tenant")
-    key.add_argument("action", choices=["new"])
-    key.add_argument("--tenant", required=True, help="the tenant the key belongs to")
-    key.add_argument("--name", help="a label for the key (which devices use it)")
-    bench = commands.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS))
-    bench.add_argument("name", choices=sorted(BENCHMARKS))
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own flags")
-    args = parser.parse_args(argv)
+    key = command(
+        "key",
+        "API keys and tenant limits through a router's admin API: new, list, revoke, limits",
+    )
+    keys_client.add_arguments(key)
+    bench = command("bench", "benchmarks: " + ", ".join(BENCHMARKS))
+    bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    bench.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="the benchmark's own flags (hotcold bench NAME -h)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in SERVICES:
+        return _run_service(arguments[0], arguments[1:])
+    args = build_parser().parse_args(arguments)
 
     if args.command == "up":
         asyncio.run(_up(_stack_options(args)))
@@ -162,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             make_console(), args.requests, args.concurrency, _stack_options(args), args.stay
         )
     if args.command == "key":
-        return _new_key(args.tenant, args.name)
+        return keys_client.run(args)
     return BENCHMARKS[args.name](args.rest)
 
 

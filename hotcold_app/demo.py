@@ -13,6 +13,7 @@ from rich.table import Table
 
 from bench.loadgen import Job, LoadResult, Sample, percentile, run_load
 from bench.workload import iot_workload
+from hotcold.serving import run
 from hotcold_app.stack import Stack, StackOptions
 
 
@@ -149,12 +150,12 @@ def main(
 ) -> int:
     stack, result = None, None
     try:
-        stack, result = asyncio.run(run_demo(console, requests, concurrency, options))
+        stack, result = run(run_demo(console, requests, concurrency, options))
         console.print(summary_table(result))
         console.print(route_table(result))
         _print_summary(console, stack, result)
         if stay:
-            asyncio.run(_stay_up(console, stack))
+            run(_stay_up(console, stack))
     finally:
         if stack is not None:
             stack.stop()

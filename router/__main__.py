@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import resource
 import sys
 
 from hotcold.logs import setup_logging
-from hotcold.serving import Server, serve_forever
+from hotcold.serving import Server, run, serve_forever
 from router.app import create_app
 from router.catalog import Catalog
 from router.config import ConfigLayers, RouterConfig, load_layers
@@ -18,11 +17,12 @@ from router.models import pool_configs
 from router.pools import pool_keys
 from router.redis_connect import describe
 from router.settings import add_setting_flags, overrides_from, reference_config
+from router.workers import supervise, worker_index
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, prog: str = "python -m router") -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m router",
+        prog=prog,
         description="the hotcold edge router. Every setting is in the config file (see "
         "configs/router.yaml); flags override the file, which overrides HOTCOLD_* variables.",
     )
@@ -50,6 +50,7 @@ def build_server(
         idle_timeout_s=config.server.idle_timeout_s,
         header_timeout_s=config.server.header_timeout_s,
         max_connections=connection_cap(config),
+        reuse_port=worker_index() is not None,  # one of server.workers on a shared port
     )
 
 
@@ -73,8 +74,9 @@ def connection_cap(config: RouterConfig) -> int:
     return cap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m router") -> int:
+    """The router's command line (also ``hotcold serve``, which passes its ``prog``)."""
+    args = parse_args(argv, prog)
     if args.reference_config:
         sys.stdout.write(reference_config())
         return 0
@@ -87,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"router: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.logging.level, config.logging.json_lines)
+    if config.server.workers > 1 and worker_index() is None:
+        if config.server.port == 0:
+            print("router: server.workers > 1 needs a fixed port, not 0", file=sys.stderr)
+            return 2
+        return supervise(sys.argv[1:] if argv is None else list(argv), config.server.workers)
     if not config.logging.access_log:
         logging.getLogger("hotcold.access").setLevel(logging.WARNING)
     log = logging.getLogger("hotcold.router")
@@ -110,14 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("no --redis-url: running alone (policy changes apply to this router only)")
     else:
         log.info("fleet %r over %s", config.fleet.name, describe(config.fleet.redis_url))
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
     server = build_server(config, layers, handle_signals=True)
-    asyncio.run(serve_forever(server))
+    run(serve_forever(server))
     return 0
 
 

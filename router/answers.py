@@ -81,9 +81,9 @@ def plain_response(
         body, content_type = json_body, "application/json"
     else:
         body, content_type = encode_body(document, as_msgpack=False)
-    response = web.Response(body=body, status=status, headers=headers)
-    response.content_type = content_type
-    return response
+    # The type given to the constructor is set as the header directly; set afterwards, it is
+    # parsed and rebuilt (``headers`` never carries one here: they are the route headers).
+    return web.Response(body=body, status=status, headers=headers, content_type=content_type)
 
 
 def error_response(
@@ -295,6 +295,18 @@ class _ChoiceCapture:
         return choice
 
 
+def _carries_output(choice: Any, chat: bool) -> bool:
+    """Whether a stream chunk's choice holds generated output (not only a role)."""
+    if not isinstance(choice, dict):
+        return False
+    if not chat:
+        return bool(choice.get("text"))
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return False
+    return any(delta.get(key) for key in ("content", "refusal", "tool_calls", "reasoning_content"))
+
+
 class StreamCapture:
     """Watches relayed SSE events: names the public model in each, rebuilds the full answer
     (every choice), and hides the usage chunk the router asked for on its own behalf."""
@@ -311,6 +323,10 @@ class StreamCapture:
         self.done = False
         self.broken = False
         self.faithful = True  # False: a field this capture cannot keep; relay, don't cache
+        # True from the first event that carries output (text, a refusal, a tool call): the
+        # first token. A role-only first chunk or an SSE comment is sent before it by some
+        # servers, before any token exists.
+        self.output_started = False
 
     def feed(self, event: bytes) -> bytes | None:
         """The event to relay to the client, or None to hold it back."""
@@ -340,6 +356,8 @@ class StreamCapture:
         choices = chunk.get("choices") or []
         for choice in choices:
             self._feed_choice(choice)
+            if not self.output_started:
+                self.output_started = _carries_output(choice, self._chat)
         if not choices and self.usage is not None and not self._client_wants_usage:
             return None  # the usage-only chunk the router asked for on its own behalf
         if self._public is not None and set_model(chunk, self._public):

@@ -14,12 +14,13 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from hotcold.http import BODY_TIMEOUT_S, MAX_BODY_BYTES, error_middleware
+from hotcold.http import BODY_TIMEOUT_S, MAX_BODY_BYTES
 from router.admin import admin_app
 from router.cache import ResponseCache
 from router.classify import Classifier
@@ -41,8 +42,9 @@ from router.handlers import (
     models,
     readyz,
 )
+from router.live_keys import FileTenantStore, MemoryTenantStore, TenantDirectory, TenantStore
 from router.metrics import RouterMetrics
-from router.middlewares import context_middleware, shedding_middleware
+from router.middlewares import request_middleware
 from router.models import ModelRoutes
 from router.openapi import openapi_json
 from router.parts import PARTS, RouterParts
@@ -53,6 +55,7 @@ from router.sessions import AdminSessions
 from router.sketch import FrequencySketch, width_for
 from router.tenants import Authenticator, TenantLimiter
 from router.threshold import ThresholdController
+from router.tracing import NO_TRACING, OtelTracing, Tracing
 from router.upstream import UpstreamPool
 
 
@@ -96,37 +99,78 @@ async def _task(
 
 @contextlib.asynccontextmanager
 async def build_parts(
-    config: RouterConfig, layers: ConfigLayers, clock: Clock, handle_signals: bool
+    config: RouterConfig,
+    layers: ConfigLayers,
+    clock: Clock,
+    handle_signals: bool,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[RouterParts]:
-    """Every part of the router, in dependency order, each closed in reverse on the way out."""
+    """Every part of the router, in dependency order, each closed in reverse on the way out.
+    ``tracing``: spans go there (tests: an in-memory exporter); None: as tracing.* says."""
     async with contextlib.AsyncExitStack() as stack:
+        if tracing is None:
+            enabled = config.tracing.enabled
+            tracing = OtelTracing.from_config(config.tracing) if enabled else NO_TRACING
+        stack.push_async_callback(tracing.shutdown)  # the last spans flushed, at the very end
         connector = aiohttp.TCPConnector(
             limit=config.cloud.max_connections,
             limit_per_host=0,
             keepalive_timeout=30.0,
             ttl_dns_cache=10,
         )
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        # No cookie jar: one jar shared by every client's requests would hand one client's
+        # upstream cookies to the next, and filtering an empty jar still costs each request.
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
+        )
         stack.push_async_callback(session.close)
-        metrics = RouterMetrics()
-        pools = Pools(session, clock, observer=metrics.observe_attempt)
+        metrics = RouterMetrics(config.metrics.tenant_labels)
+        pools = Pools(session, clock, observer=metrics.observe_attempt, tracing=tracing)
         stack.push_async_callback(pools.close)
         routes = ModelRoutes(pools, config)  # ConfigError: a pool's key cannot be read
         metrics.watch_pools(lambda: pools)
         edge = None
         if config.edge.endpoints:
             edge = UpstreamPool(
-                "edge", config.edge, session, clock, observer=metrics.observe_attempt
+                "edge",
+                config.edge,
+                session,
+                clock,
+                observer=metrics.observe_attempt,
+                tracing=tracing,
             )
             metrics.watch_pools(lambda: [edge] if edge is not None else [])
             await _task(stack, edge.run_prober(), "edge-prober")
         classifier, cache = build_policy(config, clock)
         release = EdgeRelease(config.edge)
+        limiter = TenantLimiter(config.tenants, config.edge.max_inflight)
+        authenticator = Authenticator(config.tenants)
+        directory = TenantDirectory(config.tenants, authenticator, limiter, clock)
         fleet = None
         if config.fleet.redis_url is not None:
-            fleet = FleetSync(config.fleet, classifier.sketch, clock=clock, release=release)
-        manager = PolicyManager(layers, config, classifier, clock, routes.apply, fleet)
-        limiter = TenantLimiter(config.tenants, config.edge.max_inflight)
+            fleet = FleetSync(
+                config.fleet,
+                classifier.sketch,
+                clock=clock,
+                release=release,
+                limiter=limiter,
+                directory=directory,
+                max_live_keys=config.tenants.max_live_keys,
+            )
+
+        def apply_reload(reloaded: RouterConfig) -> None:
+            """A reloaded file's live sections: the catalog and pools, then the tenants."""
+            routes.apply(reloaded)
+            directory.set_file(reloaded.tenants)
+
+        manager = PolicyManager(layers, config, classifier, clock, apply_reload, fleet)
+        tenant_store: TenantStore
+        if fleet is not None and fleet.tenants is not None:
+            tenant_store = fleet.tenants
+        elif layers.path is not None:
+            tenant_store = FileTenantStore(Path(layers.path), directory, manager.reload_file)
+        else:
+            tenant_store = MemoryTenantStore(directory)
         dispatcher = Dispatcher(
             config,
             routes,
@@ -137,9 +181,11 @@ async def build_parts(
             clock,
             manager,
             limiter,
-            Authenticator(config.tenants),
+            authenticator,
             release,
+            fleet.limits if fleet is not None else None,
         )
+        dispatcher.tracing = tracing
         stack.push_async_callback(dispatcher.close)
         started = time.monotonic()
 
@@ -147,11 +193,19 @@ async def build_parts(
             edge_hours = (time.monotonic() - started) / 3600 if edge is not None else 0.0
             return estimate_cost(config.cost, metrics.token_totals, edge_hours)
 
+        def dashboard_state() -> dict[str, Any]:
+            cloud = [e for pool in routes.pools for e in pool.snapshot()]
+            edge_state = edge.snapshot()[0]["state"] if edge is not None else None
+            return {
+                "threshold": round(classifier.controller.value, 3),
+                "currency": config.cost.currency,
+                "cloud_up": [sum(e["state"] == "closed" for e in cloud), len(cloud)],
+                "edge": edge_state,
+                "policy_version": manager.document.version,
+            }
+
         recorder = DashboardRecorder(
-            metrics,
-            lambda: {"threshold": round(classifier.controller.value, 3)},
-            cost,
-            config.dashboard.history_points,
+            metrics, dashboard_state, cost, config.dashboard.history_points
         )
         parts = RouterParts(
             config=config,
@@ -169,12 +223,16 @@ async def build_parts(
             fleet=fleet,
             dashboard=recorder,
             sessions=AdminSessions(),
+            tenants=directory,
+            tenant_store=tenant_store,
+            tracing=tracing,
         )
         metrics.watch_policy(lambda: parts)
         metrics.watch_release(dispatcher.release.snapshot)
-        metrics.watch_cost(cost)
+        metrics.watch_cost(cost, config.cost.currency)
         metrics.watch_fleet(lambda: fleet.status() if fleet is not None else None)
         if fleet is not None:
+            fleet.membership.figures = recorder.figures  # the fleet page, through Redis
             fleet.start(manager)
             stack.push_async_callback(fleet.stop)
         await _config_reload(stack, layers, config, manager, handle_signals)
@@ -204,10 +262,14 @@ async def _config_reload(
 
 
 def _parts_context(
-    config: RouterConfig, layers: ConfigLayers, clock: Clock, handle_signals: bool
+    config: RouterConfig,
+    layers: ConfigLayers,
+    clock: Clock,
+    handle_signals: bool,
+    tracing: Tracing | None,
 ) -> Callable[[web.Application], Any]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        async with build_parts(config, layers, clock, handle_signals) as parts:
+        async with build_parts(config, layers, clock, handle_signals, tracing) as parts:
             app[PARTS] = parts
             yield
 
@@ -220,18 +282,24 @@ def create_app(
     clock: Clock | None = None,
     layers: ConfigLayers | None = None,
     handle_signals: bool = False,
+    tracing: Tracing | None = None,
 ) -> web.Application:
     """The router. ``layers`` (from ``load_layers``) enables config reload and says where each
-    value came from; ``handle_signals`` installs the SIGHUP reload (the main program only)."""
+    value came from; ``handle_signals`` installs the SIGHUP reload (the main program only);
+    ``tracing``: where spans go, instead of what ``tracing.*`` says (tests)."""
     app = web.Application(
-        middlewares=[context_middleware, error_middleware, shedding_middleware],
+        middlewares=[request_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
     app[BODY_TIMEOUT_S] = config.server.body_timeout_s
     app.cleanup_ctx.append(
         _parts_context(
-            config, layers or ConfigLayers.of(config), clock or MonotonicClock(), handle_signals
+            config,
+            layers or ConfigLayers.of(config),
+            clock or MonotonicClock(),
+            handle_signals,
+            tracing,
         )
     )
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -1,13 +1,14 @@
 """The router's configuration: parsed once, validated, frozen.
 
 Precedence, lowest first: built-in defaults < environment (``HOTCOLD_*``) < the YAML file
-(``--config``) < command-line flags. Every key, its unit and its default are listed in
-``configs/router.yaml``; an unknown key or a bad value stops start-up with a message naming
-the key and the value.
+(``--config``; a ``null`` there leaves what the environment sets) < command-line flags. Every
+key, its unit and its default are listed in ``configs/router.yaml``; an unknown key or a bad
+value stops start-up with a message naming the key and the value.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -68,6 +69,10 @@ class ServerConfig(_Frozen):
     """address to listen on (0.0.0.0 for all)"""
     port: int = setting(8080, ge=0, le=65535, env="HOTCOLD_PORT", flag="--port")
     """TCP port"""
+    workers: int = setting(1, ge=1, le=64, flag="--workers")
+    """router processes sharing the port (SO_REUSEPORT; Linux): more cores for forwarding, but
+    each keeps its own cache, sketch, counters and /metrics (a fleet's Redis shares the policy
+    and the frequencies, not the cache). See docs/benchmarks.md for when it pays"""
     max_body_bytes: int = Field(default=4 * MiB, ge=1024)
     """bytes (4 MiB); a larger request body is refused with 413 before it is read when it declares
     its length, while reading otherwise
@@ -122,7 +127,13 @@ class BreakerConfig(_Frozen):
     open_s: float = Field(default=1.0, gt=0)
     """seconds ejected before a health probe may take it back; doubles after each failed probe..."""
     max_open_s: float = Field(default=30.0, gt=0)
-    """...up to this many seconds"""
+    """...up to this many seconds (at least open_s)"""
+
+    @model_validator(mode="after")
+    def _open_within_max(self) -> BreakerConfig:
+        if self.open_s > self.max_open_s:
+            raise ValueError(f"open_s ({self.open_s:g}) is above max_open_s ({self.max_open_s:g})")
+        return self
 
 
 class HealthConfig(_Frozen):
@@ -218,10 +229,18 @@ class PoolConfig(_Frozen):
         return self
 
 
+# Where a router with no cloud endpoint configured looks: the first cloud stub of `hotcold up`.
+DEFAULT_CLOUD_ENDPOINT = "http://127.0.0.1:9001"
+
+
 class CloudPoolConfig(PoolConfig):
     """The pool named "cloud" (the one the command-line flags set)."""
 
-    endpoints: tuple[str, ...] = setting((), env="HOTCOLD_CLOUD_ENDPOINTS", flag="--cloud-endpoint")
+    # The default lives on the field, not on RouterConfig's section default: a file that sets
+    # only `cloud: {breaker: ...}` keeps the default endpoint instead of dropping it.
+    endpoints: tuple[str, ...] = setting(
+        (DEFAULT_CLOUD_ENDPOINT,), env="HOTCOLD_CLOUD_ENDPOINTS", flag="--cloud-endpoint"
+    )
     """base URLs (no /v1) of the pool's OpenAI-compatible servers (the flag repeats; the
     variable takes a comma-separated list)"""
 
@@ -529,10 +548,45 @@ class FleetConfig(_Frozen):
     falls back to local counts
     """
     sketch_interval_s: float = Field(default=1.0, gt=0)
-    """publish this router's sketch and sum the others' (memory: a view of 8 x sketch width bytes,
-    512 KiB at the default, whatever the fleet's size; Redis holds one compressed sketch per
-    router, up to ~75 KiB when busy, and each router reads the others' every period: raise it
-    for fleets of dozens)
+    """one exchange of the hot-key view per period. shared: push this router's most counted keys,
+    read the fleet's hottest (~18 KB a router whatever the fleet's size). all_to_all: publish
+    this router's sketch and sum the others' (memory: a view of 8 x sketch width bytes, 512 KiB
+    at the default; Redis holds one compressed sketch per router, up to ~75 KiB when busy, and
+    each router reads the others' every period)
+    """
+
+    hot_key_view: Literal["shared", "all_to_all"] = "shared"
+    """how the fleet learns what is hot. shared: each router pushes its most counted keys into
+    one decaying sorted set in Redis and reads its top back (traffic linear in the fleet);
+    all_to_all: each router reads every other router's sketch (quadratic; the reference)
+    """
+    hot_keys_push: int = Field(default=1024, ge=1, le=100_000)
+    """shared view: a router pushes at most this many keys per sketch_interval_s, 12 bytes each
+    (it counts at most 4x as many distinct keys between pushes: ~100 bytes each)
+    """
+    hot_keys_summary: int = Field(default=1024, ge=1, le=100_000)
+    """shared view: the fleet's hottest keys each router reads back per interval (12 bytes
+    each on the wire, ~100 in the router)
+    """
+    hot_keys_capacity: int = Field(default=32_768, ge=1)
+    """shared view: members kept in Redis's sorted set (~100 bytes each; the coldest go)"""
+    hot_keys_decay_s: float = Field(default=10.0, gt=0)
+    """shared view: every score is multiplied by hot_keys_decay_factor this often"""
+    hot_keys_decay_factor: float = Field(default=0.5, gt=0, lt=1)
+    """shared view: the decay (0.5 every 10 s: a key's count fades with a 10 s half-life)"""
+    limits_timeout_s: float = Field(default=0.05, gt=0)
+    """bound on the one Redis call a request with tenant limits makes (the fleet-wide limits:
+    one Lua script, one round trip); past it, or on any error, the router judges by its local
+    buckets at once and asks Redis again only after a PING answers
+    """
+    limits_max_inflight: int = Field(default=64, ge=1)
+    """limit calls to Redis in flight at once (bounds connections); waiting counts against
+    limits_timeout_s
+    """
+    limits_flush_interval_s: float = Field(default=1.0, gt=0)
+    """tokens used are sent with the tenant's next request or by this flush; while Redis is
+    away, it is PINGed this often to go back to fleet-wide limits. The fleet can overdraw a
+    tokens/min quota by the tokens used in one interval (docs/architecture.md)
     """
 
     @field_validator("redis_url")
@@ -591,6 +645,16 @@ class TenantsConfig(_Frozen):
     """per tenant, e.g. acme: {requests_per_s: 50, edge_share: 0.5}"""
     max_tracked: int = Field(default=10_000, ge=1)
     """limiter state kept for this many tenants (least recent go)"""
+    require_keys: bool = False
+    """true: never open mode; with no keys every request is refused (401). Set by the first key
+    made through the admin API (in the file, or in the fleet's Redis), so revoking the last key
+    never opens the gateway
+    """
+    max_live_keys: int = Field(default=100_000, ge=1)
+    """API keys the admin API may create (POST /admin/keys), in Redis for a fleet: ~150 bytes
+    each on every router and in Redis. Keys and limits changed through the API apply live, on
+    every router of a fleet within a second; so does a reload of this section
+    """
 
     @field_validator("overrides")
     @classmethod
@@ -611,8 +675,9 @@ class TenantsConfig(_Frozen):
 class CostConfig(_Frozen):
     """Prices that turn token counts into an estimated cost (and what all-cloud would cost)."""
 
-    currency: str = Field(default="USD", max_length=8)
-    """the currency of the prices below (ISO 4217 code)"""
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    """the currency of the prices below (ISO 4217 code); /metrics names it in the cost
+    series (hotcold_estimated_cost_usd_total)"""
     cloud_input_per_1k_tokens: float = Field(default=0.00015, ge=0)
     """what the cloud bills per 1,000 prompt tokens"""
     cloud_output_per_1k_tokens: float = Field(default=0.0006, ge=0)
@@ -630,9 +695,12 @@ class DashboardConfig(_Frozen):
     """... of which this many are kept (bounded: 10 min at 1 s)"""
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class LoggingConfig(_Frozen):
     level: str = setting("INFO", env="HOTCOLD_LOG_LEVEL", flag="--log-level")
-    """DEBUG, INFO, WARNING, ERROR"""
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)"""
     json_lines: bool = setting(False, flag="--json-logs")
     """true: one JSON object per log line (each with the request id the answer carries in
     X-Request-Id)
@@ -642,11 +710,68 @@ class LoggingConfig(_Frozen):
     route/cache/served-by, latency
     """
 
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+
+class MetricsConfig(_Frozen):
+    tenant_labels: int = Field(default=20, ge=0, le=10_000)
+    """tenants with their own `tenant` label on hotcold_requests_total and
+    hotcold_tokens_total (the first ones seen); the others are counted as tenant="other", so
+    the series stay bounded whatever clients send"""
+
+
+class TracingConfig(_Frozen):
+    """OpenTelemetry traces (router/tracing.py): a span per inference request with the GenAI
+    semantic conventions, child spans for the cache, the edge and each upstream attempt, and
+    W3C traceparent sent upstream. Needs the otel extra: pip install 'hotcold[otel]'."""
+
+    enabled: bool = setting(False, flag="--tracing")
+    """true: trace every sampled request (start-up fails when the otel extra is missing)"""
+    endpoint: str | None = None
+    """OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces; null: the SDK's
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT, else
+    http://localhost:4318/v1/traces"""
+    service_name: str = Field(default="hotcold-router", min_length=1, max_length=100)
+    """service.name of the router's spans"""
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """share of new traces recorded; a request that arrives with a traceparent follows its
+    caller's sampling decision"""
+    max_queue: int = Field(default=2048, ge=1)
+    """finished spans waiting for export (bounded memory: beyond, spans are dropped and
+    counted by the SDK)"""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value)
+
+    @field_validator("enabled")
+    @classmethod
+    def _extra_installed(cls, value: bool) -> bool:
+        # Said at start-up, as a config error, not at the first request.
+        if value and not _installed("opentelemetry.sdk"):
+            raise ValueError("tracing needs the otel extra: pip install 'hotcold[otel]'")
+        return value
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (a missing parent package raises, not None)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
 
 class RouterConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     """the HTTP server and the limits it puts on requests"""
-    cloud: CloudPoolConfig = CloudPoolConfig(endpoints=("http://127.0.0.1:9001",))
+    cloud: CloudPoolConfig = CloudPoolConfig()
     """the pool named "cloud": OpenAI-compatible servers. Without models.catalog, this pool
     is the whole catalog, one model ("default") that answers any model name, forwarded as
     sent. Reloads live."""
@@ -677,6 +802,10 @@ class RouterConfig(_Frozen):
     """GET /dashboard (admin token: /dashboard?token=... sets a cookie)"""
     logging: LoggingConfig = LoggingConfig()
     """what the router logs"""
+    metrics: MetricsConfig = MetricsConfig()
+    """what /metrics exports"""
+    tracing: TracingConfig = TracingConfig()
+    """OpenTelemetry traces (off by default; the otel extra)"""
 
     @field_validator("pools")
     @classmethod
@@ -856,7 +985,15 @@ class ConfigLayers:
         return cls({}, {}, config.model_dump(exclude_defaults=True), None, "application")
 
     def build(self) -> RouterConfig:
-        return build_config(self.environment, self.file, self.flags)
+        return build_config(self.environment, self.file_over_environment(), self.flags)
+
+    def file_over_environment(self) -> dict[str, Any]:
+        """The file's values as they override the environment: a ``null`` in the file leaves
+        a value the environment sets. The reference config lists every key, the secrets'
+        ``admin.token: null`` and ``fleet.redis_url: null`` included, and the deploy docs
+        put secrets in the environment (systemd ``EnvironmentFile=``, Kubernetes Secrets): a
+        copied reference file silently dropped them, leaving the admin API open."""
+        return _nulls_dropped(self.file, self.environment)
 
     def with_file_reloaded(self) -> ConfigLayers:
         """The same layers with the file read again (ConfigError when it cannot be)."""
@@ -864,12 +1001,26 @@ class ConfigLayers:
 
     def source_of(self, path: tuple[str, ...]) -> str:
         """Which layer set this value: flag, file, environment or default."""
-        for name, layer in ((self.flags_label, self.flags), (f"file {self.path}", self.file)):
+        file = self.file_over_environment()
+        for name, layer in ((self.flags_label, self.flags), (f"file {self.path}", file)):
             if _has_path(layer, path):
                 return name
         if _has_path(self.environment, path):
             return "environment"
         return "default"
+
+
+def _nulls_dropped(over: Mapping[str, Any], under: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` without the ``None`` values whose key ``under`` sets (at any depth)."""
+    kept: dict[str, Any] = {}
+    for key, value in over.items():
+        below = under.get(key)
+        if value is None and below is not None:
+            continue
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            value = _nulls_dropped(value, below)
+        kept[key] = value
+    return kept
 
 
 def _has_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> bool:

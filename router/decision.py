@@ -55,14 +55,20 @@ class CachePlan:
         return cached_replayable is not None and (cached_replayable or not stream)
 
 
+_NO_CACHE = CachePlan(read=False, write=False, coalesce=False)
+_READ_WRITE = CachePlan(read=True, write=True, coalesce=True)
+_WRITE_ONLY = CachePlan(read=False, write=True, coalesce=False)
+
+
 def cache_plan(facts: CacheFacts) -> CachePlan:
     if not facts.deterministic:
-        return CachePlan(read=False, write=False, coalesce=False)
-    directives = {part.strip().lower() for part in (facts.cache_control or "").split(",")}
+        return _NO_CACHE
+    if facts.cache_control is None:  # the common case: nothing to parse
+        return _READ_WRITE
+    directives = {part.strip().lower() for part in facts.cache_control.split(",")}
     if "no-store" in directives:
-        return CachePlan(read=False, write=False, coalesce=False)
-    read = "no-cache" not in directives
-    return CachePlan(read=read, write=True, coalesce=read)
+        return _NO_CACHE
+    return _WRITE_ONLY if "no-cache" in directives else _READ_WRITE
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,12 +60,14 @@ from router.clock import Clock
 from router.config import RouterConfig
 from router.decision import CacheFacts, ProducerFacts, cache_plan, producer_plan
 from router.edge_release import EdgeRelease
-from router.keys import request_key
-from router.metrics import RouterMetrics
+from router.fleet_limits import FleetLimits
+from router.metrics import OTHER, RouterMetrics
 from router.models import ModelRoutes
+from router.parsed import ParsedRequest, ParsedRequests
 from router.policy_manager import PolicyManager
 from router.singleflight import SingleFlight
 from router.tenants import Authenticator, TenantLimiter
+from router.tracing import NO_TRACING, Tracing
 from router.upstream import StreamBroken, UpstreamPool, UpstreamReply
 
 log = logging.getLogger("hotcold.dispatch")
@@ -113,6 +116,9 @@ class Decision:
 REQUEST_ID = web.RequestKey("request_id", str)
 DECISION = web.RequestKey("decision", Decision)
 TENANT = web.RequestKey("tenant", str)
+# When the first chunk with output (not a role-only chunk) of a relayed stream went out
+# (time.perf_counter(), as the middleware's clock): the time-to-first-token histogram's end.
+FIRST_TOKEN_AT = web.RequestKey("first_token_at", float)
 
 
 class EdgeRefused(ApiError):
@@ -145,10 +151,15 @@ class Dispatcher:
         tenants: TenantLimiter,
         authenticator: Authenticator,
         release: EdgeRelease,
+        fleet_limits: FleetLimits | None = None,
     ) -> None:
+        """``fleet_limits``: the tenants' limits shared through the fleet's Redis (None:
+        this router's own buckets, ``tenants``)."""
         self._config = config
+        self.fleet_limits = fleet_limits
         self.release = release  # the edge's gray release and latency budget, per model
         self._shadows: set[asyncio.Task[None]] = set()
+        self.tracing: Tracing = NO_TRACING  # spans (router/tracing.py); set by the app
         self.tenants = tenants
         self._authenticator = authenticator
         self._policy = policy  # live cache rules (TTL, admission) from the fleet policy
@@ -159,6 +170,8 @@ class Dispatcher:
         self._metrics = metrics
         self._clock = clock
         self.flights: SingleFlight[CachedAnswer] = SingleFlight()
+        self._hits: dict[str, Decision] = {}  # the decision of a cache hit, per model
+        self.parsed = ParsedRequests()  # repeated bodies skip decoding and validation
 
     async def close(self) -> None:
         """Cancel shadow comparisons still running (shutdown)."""
@@ -176,28 +189,36 @@ class Dispatcher:
             and edge.available()
         )
 
-    def admit(self, http: web.Request) -> str:
+    async def admit(self, http: web.Request) -> str:
         """Who is asking, and may they now: 401, or 429 with Retry-After. Before the body
-        is read, so a refused client costs almost nothing."""
+        is read, so a refused client costs almost nothing (with fleet limits: one bounded
+        Redis call, router/fleet_limits.py)."""
         try:
             tenant = self._authenticator.tenant(http)
-            self.tenants.admit(tenant, self._clock.now())
+            if self.fleet_limits is None:
+                self.tenants.admit(tenant, self._clock.now())
+            else:
+                await self.fleet_limits.admit(tenant, self._clock.now())
         except ApiError as exc:
-            self._metrics.refused.labels(exc.code).inc()
+            self._metrics.count_refused(exc.code)
             raise
         http[TENANT] = tenant
         return tenant
 
     async def serve(
-        self, http: web.Request, request: InferenceRequest, tenant: str
+        self, http: web.Request, parsed: ParsedRequest, tenant: str
     ) -> web.StreamResponse:
+        request = parsed.request
         now = self._clock.now()
+        tracing = self.tracing
+        if tracing.enabled:
+            tracing.describe(http, request)
         model = self.routes.catalog.resolve(request.params.model, request.kind)
         # The pool is taken now, with the catalog it belongs to: a reload that removes it
         # while this request waits (coalescing, the edge) cannot leave it without one.
         pool = self.routes.pool_of(model.entry.pool)
         limits = self._config.server
-        for field, value in request.params.output_fields().items():  # each one checked
+        for field, value in parsed.output_fields.items():  # each one checked
             if value > limits.max_tokens_ceiling:
                 raise InvalidField(
                     f"{field} {value} is over this gateway's ceiling of "
@@ -205,7 +226,7 @@ class Dispatcher:
                     code="max_tokens_too_large",
                     param=field,
                 )
-        prompt = request.prompt_text()
+        prompt = parsed.prompt
         if len(prompt) > limits.max_prompt_chars:
             raise BadRequest(
                 f"the prompt has {len(prompt)} characters, over the limit of "
@@ -213,16 +234,23 @@ class Dispatcher:
                 code="context_length_exceeded",
                 param={"chat": "messages", "completion": "prompt"}.get(request.kind, "input"),
             )
-        key = request_key(tenant, model.public, request, model.producers)
+        key = parsed.key(tenant, model.public, model.producers)
         verdict = self._classifier.classify(key.fingerprint, model.public, prompt, now)
         plan = cache_plan(
             CacheFacts(request.params.is_deterministic(), http.headers.get("Cache-Control"))
         )
         deadline_at = now + self._config.server.request_deadline_s
         if plan.read:
+            lookup = tracing.cache_lookup() if tracing.enabled else None
             cached = self._cache.get(key.fingerprint, now, tenant)
+            if lookup is not None:
+                tracing.cache_result(lookup, "miss" if cached is None else "hit")
             if cached is not None and plan.serves(cached.replayable, request.stream):
-                hit = Decision("hot", "hit", "cache", model.entry.name)
+                hit = self._hits.get(model.entry.name)
+                if hit is None:  # one per catalog model, kept: Decision is immutable
+                    hit = self._hits[model.entry.name] = Decision(
+                        "hot", "hit", "cache", model.entry.name
+                    )
                 return self._from_cache(http, request, cached, hit)
         label = plan.label
         leading = False
@@ -322,7 +350,7 @@ class Dispatcher:
             "edge_not_earned",
             "edge_too_slow",
         ):
-            self._metrics.edge_fallbacks.labels(producer.reason).inc()
+            self._metrics.count_edge_fallback(producer.reason)
         if producer.first == "edge" and edge is not None:
             if self.tenants.take_edge_slot(tenant, self._clock.now()):
                 edge_deadline = min(deadline_at, self._clock.now() + self._config.edge.timeout_s)
@@ -334,13 +362,13 @@ class Dispatcher:
                         http, request, model, edge, decision, body, edge_deadline, headers
                     )
                 except ApiError as exc:
-                    self._metrics.edge_fallbacks.labels("edge_failed").inc()
+                    self._metrics.count_edge_fallback("edge_failed")
                     self.release.observe(name, "edge", False, 0.0, None, self._clock.now())
                     log.info("edge could not answer (%s); serving from the cloud", exc.message)
                 finally:
                     self.tenants.release_edge_slot(tenant)
             else:  # the tenant's fair share of the edge is taken
-                self._metrics.edge_fallbacks.labels("edge_busy_or_down").inc()
+                self._metrics.count_edge_fallback("edge_busy_or_down")
         decision = Decision(verdict.route, label, "cloud", name)
         http[DECISION] = decision
         body = orjson.dumps({**document, "model": model.upstream_name})
@@ -366,14 +394,16 @@ class Dispatcher:
         started = self._clock.now()
         result: tuple[web.StreamResponse, CachedAnswer | None]
         if request.stream:
-            upstream = await pool.open_stream(request.path, body, deadline_at, headers)
+            with self.tracing.producer(decision.served_by, pool.name):
+                upstream = await pool.open_stream(request.path, body, deadline_at, headers)
             if isinstance(upstream, UpstreamReply):
                 result = self._reply(http, upstream, decision, model)
             else:
                 self._observe_edge(decision, upstream.queue_ms, started)
                 result = await self._relay(http, request, upstream, decision, model.public)
         else:
-            reply = await pool.complete(request.path, body, deadline_at, headers)
+            with self.tracing.producer(decision.served_by, pool.name):
+                reply = await pool.complete(request.path, body, deadline_at, headers)
             self._observe_edge(decision, reply.queue_ms, started)
             result = self._reply(http, reply, decision, model)
         self._observe_producer(decision, result[1], started)
@@ -534,6 +564,8 @@ class Dispatcher:
                     relayed = capture.feed(event)
                     if relayed is not None:
                         await response.write(relayed)
+                        if capture.output_started and FIRST_TOKEN_AT not in http:
+                            http[FIRST_TOKEN_AT] = time.perf_counter()
                 capture.ended()  # some servers (transformers serve) end without [DONE]
             except StreamBroken as exc:
                 log.warning("stream from %s broke: %s", upstream.endpoint, exc)
@@ -555,11 +587,19 @@ class Dispatcher:
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         upstream = 0
+        tenant = http.get(TENANT, OTHER)
         if isinstance(prompt, int) and prompt >= 0:
-            self._metrics.count_tokens("in", served_by, model, prompt)
+            self._metrics.count_tokens("in", served_by, model, prompt, tenant)
             upstream += prompt
         if isinstance(completion, int) and completion >= 0:
-            self._metrics.count_tokens("out", served_by, model, completion)
+            self._metrics.count_tokens("out", served_by, model, completion, tenant)
             upstream += completion
+        if self.tracing.enabled:
+            self.tracing.usage(
+                http,
+                prompt if isinstance(prompt, int) else None,
+                completion if isinstance(completion, int) else None,
+            )
         if served_by != "cache" and TENANT in http:
-            self.tenants.debit_tokens(http[TENANT], upstream, self._clock.now())
+            limits = self.fleet_limits or self.tenants
+            limits.debit_tokens(http[TENANT], upstream, self._clock.now())

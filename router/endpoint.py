@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from yarl import URL
+
 from router.breaker import CircuitBreaker
 
 EWMA_ALPHA = 0.2  # weight of the newest latency sample
@@ -23,6 +25,15 @@ class Endpoint:
         self.busy_until = 0.0
         self.last_ok_at: float | None = None
         self.last_error: str | None = None
+        self._urls: dict[str, URL] = {}  # one per API path used: a handful
+
+    def url_for(self, path: str) -> URL:
+        """The URL of ``path`` on this endpoint, parsed once (aiohttp would parse the string
+        on every request)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.url + path)
+        return url
 
     def observe_ok(self, latency_s: float, now: float) -> None:
         self.breaker.record_success()

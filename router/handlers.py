@@ -8,38 +8,33 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hotcold.http import read_document, respond
-from hotcold.wire import (
-    Unauthorized,
-    parse_chat_request,
-    parse_completion_request,
-    parse_embedding_request,
-)
+from hotcold.http import read_body, respond
+from hotcold.wire import Unauthorized
+from hotcold.wire.schema import Kind
 from router.access import is_admin
 from router.catalog import not_found
 from router.parts import parts_of
 from router.upstream import UpstreamPool
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def _infer(request: web.Request, kind: Kind) -> web.StreamResponse:
     dispatcher = parts_of(request).dispatcher
-    tenant = dispatcher.admit(request)  # 401 / 429 before the body is read
-    inference = parse_chat_request(await read_document(request))
-    return await dispatcher.serve(request, inference, tenant)
+    tenant = await dispatcher.admit(request)  # 401 / 429 before the body is read
+    raw = await read_body(request)
+    parsed = dispatcher.parsed.parse(kind, request.headers.get("Content-Type"), raw)
+    return await dispatcher.serve(request, parsed, tenant)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _infer(request, "chat")
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    dispatcher = parts_of(request).dispatcher
-    tenant = dispatcher.admit(request)
-    inference = parse_completion_request(await read_document(request))
-    return await dispatcher.serve(request, inference, tenant)
+    return await _infer(request, "completion")
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    dispatcher = parts_of(request).dispatcher
-    tenant = dispatcher.admit(request)
-    inference = parse_embedding_request(await read_document(request))
-    return await dispatcher.serve(request, inference, tenant)
+    return await _infer(request, "embeddings")
 
 
 async def models(request: web.Request) -> web.Response:

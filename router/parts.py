@@ -16,6 +16,7 @@ from router.classify import Classifier
 from router.clock import Clock
 from router.config import ConfigLayers, RouterConfig
 from router.dispatch import Dispatcher
+from router.live_keys import TenantDirectory, TenantStore
 from router.metrics import RouterMetrics
 from router.models import ModelRoutes
 from router.policy_manager import PolicyManager
@@ -23,6 +24,7 @@ from router.sessions import AdminSessions
 from router.sketch import FrequencySketch
 from router.tenants import TenantLimiter
 from router.threshold import ThresholdController
+from router.tracing import NO_TRACING, Tracing
 from router.upstream import UpstreamPool
 
 if TYPE_CHECKING:  # these modules read the parts themselves
@@ -54,6 +56,9 @@ class RouterParts:
     fleet: FleetSync | None
     dashboard: DashboardRecorder
     sessions: AdminSessions  # the dashboard's login cookies
+    tenants: TenantDirectory  # the keys and tenant limits in effect (file + live)
+    tenant_store: TenantStore  # where the admin API's key and limit changes go
+    tracing: Tracing = NO_TRACING  # OpenTelemetry spans (router/tracing.py); off: no-ops
     in_flight: InFlight = field(default_factory=InFlight)
 
     # What the metrics collector and the admin API read (router.metrics.PolicyView).
@@ -88,5 +93,7 @@ PARTS = web.AppKey("parts", RouterParts)
 
 
 def parts_of(request: web.Request) -> RouterParts:
-    """The parts, from any handler of the router or of its sub-applications."""
-    return request.config_dict[PARTS]
+    """The parts, from any handler of the router or of its sub-applications: they live on the
+    root application, first of the matched apps (``config_dict`` would build a chain of the
+    apps on every call, a few times per request)."""
+    return request.match_info.apps[0][PARTS]

@@ -121,6 +121,47 @@ def leaf_paths(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
     return paths
 
 
+def _at(tree: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def replacement_patch(
+    base: Mapping[str, Any], changes: Mapping[str, Any], desired: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The merge patch of the fleet's changes that makes the effective policy ``desired``
+    (what HTTP's PUT means: the whole policy replaced, e.g. by the edited ``values`` of
+    ``GET /admin/policy``). A value equal to this router's start-up value, or left out, is
+    handed back to the file (``null``); any other value becomes a fleet change. Unknown keys
+    are kept in the patch so that validation names them."""
+    patch: dict[str, Any] = {}
+
+    def put(dotted: str, value: Any) -> None:
+        node = patch
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+
+    live = set(CONFIG_PATHS)
+    for path in live:
+        given, value = _at(desired, path)
+        _, start_up = _at(base, path)
+        changed, _ = _at(changes, path)
+        if given and value != start_up:
+            put(path, value)
+        elif changed:
+            put(path, None)
+    for path in leaf_paths(desired):
+        if path not in live:
+            put(path, _at(desired, path)[1])
+    return patch
+
+
 class PolicyError(ValueError):
     """Changes that do not make a valid policy; the message names the key and the value."""
 

@@ -88,8 +88,9 @@ def pin_rules(values: PolicyValues) -> tuple[PinRule, ...]:
     )
 
 
-# Sections a reload applies in full (the model catalog and its pools: router/models.py).
-LIVE_SECTIONS = frozenset({("models",), ("pools",), ("cloud",)})
+# Sections a reload applies in full (the model catalog and its pools: router/models.py;
+# the tenants' keys and limits: router/live_keys.py).
+LIVE_SECTIONS = frozenset({("models",), ("pools",), ("cloud",), ("tenants",)})
 
 
 def _restart_only_changes(old: RouterConfig, new: RouterConfig) -> list[str]:

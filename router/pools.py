@@ -27,6 +27,7 @@ import aiohttp
 from router.clock import Clock
 from router.config import CredentialConfig, PoolConfig
 from router.errors import ConfigError
+from router.tracing import NO_TRACING, Tracing
 from router.upstream import AttemptObserver, UpstreamPool
 
 log = logging.getLogger("hotcold.pools")
@@ -77,10 +78,12 @@ class Pools:
         session: aiohttp.ClientSession,
         clock: Clock,
         observer: AttemptObserver | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._session = session
         self._clock = clock
         self._observer = observer
+        self._tracing = tracing
         self._pools: dict[str, UpstreamPool] = {}
         self._built_from: dict[str, tuple[PoolConfig, dict[str, str]]] = {}
         self._probers: dict[str, asyncio.Task[None]] = {}
@@ -97,7 +100,13 @@ class Pools:
                 pools[name] = current
                 continue
             pools[name] = UpstreamPool(
-                name, config, self._session, self._clock, observer=self._observer, api_keys=keys
+                name,
+                config,
+                self._session,
+                self._clock,
+                observer=self._observer,
+                api_keys=keys,
+                tracing=self._tracing,
             )
             if current is not None:
                 log.info("pool %s rebuilt with its new settings", name)

@@ -30,6 +30,7 @@ HEADER = """\
 # Every key, its unit and its default: values here ARE the defaults. Copy this file and change
 # what you need. Precedence, lowest first: built-in defaults < environment (HOTCOLD_*) < this
 # file (--config) < command-line flags < fleet changes (PUT /admin/policy, live policy only).
+# A null here leaves what the environment sets (secrets: HOTCOLD_ADMIN_TOKEN, HOTCOLD_REDIS_URL).
 # An unknown key or a bad value stops start-up with a message naming the key and the value;
 # a bad file at reload time is refused and the last good config kept.
 #

@@ -55,6 +55,9 @@ class FrequencySketch:
     __slots__ = (
         "_door",
         "_door_mask",
+        "_fleet_counts",
+        "_interval",
+        "_interval_cap",
         "_mask",
         "_remote_door",
         "_remote_table",
@@ -92,6 +95,11 @@ class FrequencySketch:
         self.resets = 0
         self._remote_table: bytes | None = None
         self._remote_door: bytes | None = None
+        # The shared hot-key view (router/fleet_hotkeys.py): keys counted since the last push
+        # (bounded: new keys past the cap wait for the next interval) and the fleet's counts.
+        self._interval: dict[int, int] | None = None
+        self._interval_cap = 0
+        self._fleet_counts: dict[int, int] | None = None
 
     @property
     def width(self) -> int:
@@ -117,8 +125,12 @@ class FrequencySketch:
             if not ((door[a >> 3] >> (a & 7)) & 1 and (door[b >> 3] >> (b & 7)) & 1):
                 door[a >> 3] |= 1 << (a & 7)
                 door[b >> 3] |= 1 << (b & 7)
+                if self._interval is not None:
+                    self._count_interval(fingerprint)
                 self._tick()
                 return
+        if self._interval is not None:
+            self._count_interval(fingerprint)
         table = self._table
         width = self._width
         mask = self._mask
@@ -142,6 +154,15 @@ class FrequencySketch:
             if c3 == low:
                 table[i3] = high
         self._tick()
+
+    def _count_interval(self, fingerprint: int) -> None:
+        interval = self._interval
+        assert interval is not None
+        seen = interval.get(fingerprint)
+        if seen is not None:
+            interval[fingerprint] = seen + 1
+        elif len(interval) < self._interval_cap:
+            interval[fingerprint] = 1
 
     def estimate(self, fingerprint: int) -> int:
         """Occurrences in the current window (never fewer than the truth, up to the cap)."""
@@ -191,14 +212,13 @@ class FrequencySketch:
         self._remote_table = table
         self._remote_door = door_counts if table is not None else None
 
-    def fleet_estimate(self, fingerprint: int) -> int:
-        """This router's estimate plus the rest of the fleet's, capped at ``max_count``."""
-        local = self.estimate(fingerprint)
+    def remote_estimate(self, fingerprint: int) -> int:
+        """The other routers' summed count alone (all-to-all view; up to 255 and more with the
+        doorkeeper, not capped at ``max_count``; 0 without a fleet view)."""
         remote = self._remote_table
         if remote is None:
-            return local
-        width = self._width
-        mask = self._mask
+            return 0
+        width, mask = self._width, self._mask
         count = min(
             remote[fingerprint & mask],
             remote[width + ((fingerprint >> 32) & mask)],
@@ -211,4 +231,58 @@ class FrequencySketch:
                 door[(fingerprint >> 7) & self._door_mask],
                 door[(fingerprint >> 73) & self._door_mask],
             )
-        return min(self.max_count, local + count)
+        return count
+
+    def fleet_counts(self) -> dict[int, int]:
+        """The shared view's counts as installed (empty without one)."""
+        return dict(self._fleet_counts or {})
+
+    # ---- the shared hot-key view (router/fleet_hotkeys.py) ------------------------------------
+
+    def track_interval(self, cap: int) -> None:
+        """Count keys between pushes too (at most ``cap`` distinct keys per interval)."""
+        self._interval = {}
+        self._interval_cap = cap
+
+    def take_interval(self) -> dict[int, int]:
+        """The keys counted since the last call, and a fresh interval."""
+        taken = self._interval or {}
+        if self._interval is not None:
+            self._interval = {}
+        return taken
+
+    def merge_interval(self, counts: dict[int, int]) -> None:
+        """Counts taken but not delivered go back into the interval (within its cap)."""
+        interval = self._interval
+        if interval is None:
+            return
+        for fingerprint, count in counts.items():
+            seen = interval.get(fingerprint)
+            if seen is not None:
+                interval[fingerprint] = seen + count
+            elif len(interval) < self._interval_cap:
+                interval[fingerprint] = count
+
+    def set_fleet_counts(self, counts: dict[int, int] | None) -> None:
+        """The fleet's decayed counts of its hottest keys, by the fingerprint's top 64 bits
+        (this router's pushed counts included); None forgets them."""
+        self._fleet_counts = counts
+
+    def fleet_estimate(self, fingerprint: int) -> int:
+        """This router's estimate plus the rest of the fleet's, capped at ``max_count``.
+
+        With the shared hot-key view: the fleet's count (which holds this router's pushed
+        counts) plus what this router counted since its last push, or the local estimate
+        when that is higher or the key is not among the fleet's hottest."""
+        local = self.estimate(fingerprint)
+        counts = self._fleet_counts
+        if counts is not None:
+            fleet = counts.get(fingerprint >> 64)
+            if fleet is None:
+                return local
+            interval = self._interval
+            pending = interval.get(fingerprint, 0) if interval is not None else 0
+            return min(self.max_count, max(local, fleet + pending))
+        if self._remote_table is None:
+            return local
+        return min(self.max_count, local + self.remote_estimate(fingerprint))

@@ -47,6 +47,7 @@ from router.endpoint import Endpoint, Lease
 from router.errors import DeadlineExceeded, NoHealthyUpstream, UpstreamFailed
 from router.health import PoolHealth
 from router.retry import Backoff, FullJitterBackoff
+from router.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger("hotcold.upstream")
 
@@ -152,6 +153,7 @@ class UpstreamPool:
         rng: random.Random | None = None,
         observer: AttemptObserver | None = None,
         api_keys: dict[str, str] | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         """``api_keys``: each endpoint's key (router/pools.py resolves them from the config's
         environment variables and files); ``config.api_key`` is the literal fallback."""
@@ -162,6 +164,7 @@ class UpstreamPool:
         self._backoff = backoff or FullJitterBackoff(config.backoff.base_s, config.backoff.cap_s)
         self._rng = rng or random.Random()
         self._observer = observer
+        self._tracing = tracing
         params = BreakerParams(
             config.breaker.failure_threshold, config.breaker.open_s, config.breaker.max_open_s
         )
@@ -172,6 +175,9 @@ class UpstreamPool:
             for url in config.endpoints
         ]
         self.health = PoolHealth(name, self.endpoints, config, session, clock, self.observe)
+        # The whole-attempt bound is the request's deadline (asyncio.timeout in _attempt);
+        # aiohttp bounds only a new connection's set-up. One object for every attempt.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
 
     # ---- selection -------------------------------------------------------------------
 
@@ -285,15 +291,16 @@ class UpstreamPool:
         response: aiohttp.ClientResponse | None = None
         handed_over = False
         outcome = "failed"
+        traced = None
+        sent = {**endpoint.headers, **headers} if headers else endpoint.headers
+        if self._tracing.enabled:  # a CLIENT span per attempt; its traceparent goes upstream
+            traced = self._tracing.attempt(self.name, endpoint.url, attempt, path)
+            if traced is not None:
+                sent = {**sent, **traced.headers}
         try:
             async with asyncio.timeout(remaining_s):
                 response = await self._session.post(
-                    endpoint.url + path,
-                    data=body,
-                    headers={**endpoint.headers, **(headers or {})},
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=self.config.connect_timeout_s
-                    ),
+                    endpoint.url_for(path), data=body, headers=sent, timeout=self._timeout
                 )
                 status = response.status
                 if status in (429, 503):
@@ -359,6 +366,10 @@ class UpstreamPool:
                     else:
                         response.close()
             self.observe(endpoint.url, outcome)
+            if traced is not None:
+                self._tracing.end_attempt(
+                    traced, outcome, response.status if response is not None else None
+                )
 
     # ---- health (router/health.py) --------------------------------------------------------
 

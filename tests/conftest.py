@@ -20,6 +20,7 @@ from hotcold.procs import ServiceProcess
 from hotcold.redis_process import RedisProcess, redis_server_path
 from hotcold.serving import Server, free_port
 from router import create_app as create_router_app
+from router.clock import Clock
 from router.config import build_config
 
 StubFactory = Callable[..., Awaitable[Server]]
@@ -65,9 +66,11 @@ async def stub() -> AsyncIterator[StubFactory]:
 async def router() -> AsyncIterator[RouterFactory]:
     servers: list[Server] = []
 
-    async def start(endpoints: list[str], **sections: Any) -> Server:
+    async def start(endpoints: list[str], clock: Clock | None = None, **sections: Any) -> Server:
+        """``clock``: an injected clock (a FakeClock drives time-based behaviour)."""
         config = build_config(router_settings(endpoints, **sections))
-        server = Server(create_router_app(config), "127.0.0.1", 0, shutdown_timeout_s=1)
+        app = create_router_app(config, clock=clock)
+        server = Server(app, "127.0.0.1", 0, shutdown_timeout_s=1)
         await server.start()
         servers.append(server)
         return server

@@ -3,6 +3,7 @@ the router forwards (tests assert on what reached the upstream, not on what the 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ class Recorder:
     seen: list[Seen] = field(default_factory=list)
     probes: list[tuple[str, str | None]] = field(default_factory=list)
     fail_with: int | None = None  # answer every inference request with this status
+    # > 0: a stream starts with a role-only chunk at once and its first token comes this much
+    # later (servers that send the role before prefill)
+    first_token_after_s: float = 0.0
     server: Server | None = None
 
     @property
@@ -87,6 +91,10 @@ async def _inference(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     base = {key: document[key] for key in ("id", "created", "model")}
     base["object"] = "chat.completion.chunk"
+    if recorder.first_token_after_s > 0:
+        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        await response.write(sse_event({**base, "choices": [role]}))
+        await asyncio.sleep(recorder.first_token_after_s)
     for choice in document["choices"]:
         index, content = choice["index"], choice["message"]["content"]
         for piece in (content[:5], content[5:]):

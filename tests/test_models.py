@@ -486,7 +486,10 @@ async def test_a_new_pool_answers_once_its_prober_sees_it(stub: StubFactory) -> 
     """An ejected endpoint of a catalog pool is probed back in on its health path."""
     member = await stub()
     # Open for 300 s: only the prober (on /health) can take it back within the deadline.
-    slow_to_trial = {**FAST_POOL, "breaker": {"failure_threshold": 1, "open_s": 300}}
+    slow_to_trial = {
+        **FAST_POOL,
+        "breaker": {"failure_threshold": 1, "open_s": 300, "max_open_s": 300},
+    }
     settings = {
         "cloud": {"endpoints": []},
         "pools": {"p": {"endpoints": [member.url], "health_path": "/health", **slow_to_trial}},
