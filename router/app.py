@@ -42,6 +42,7 @@ from router.handlers import (
     models,
     readyz,
 )
+from router.http1 import Http1Client
 from router.live_keys import FileTenantStore, MemoryTenantStore, TenantDirectory, TenantStore
 from router.metrics import RouterMetrics
 from router.middlewares import request_middleware
@@ -124,8 +125,12 @@ async def build_parts(
             connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
         )
         stack.push_async_callback(session.close)
+        # The request path's own client (router/http1.py); the session above carries the
+        # health probes and the dashboard's polls.
+        client = Http1Client(max_connections=config.cloud.max_connections, keepalive_s=30.0)
+        stack.push_async_callback(client.close)
         metrics = RouterMetrics(config.metrics.tenant_labels)
-        pools = Pools(session, clock, observer=metrics.observe_attempt, tracing=tracing)
+        pools = Pools(session, client, clock, observer=metrics.observe_attempt, tracing=tracing)
         stack.push_async_callback(pools.close)
         routes = ModelRoutes(pools, config)  # ConfigError: a pool's key cannot be read
         metrics.watch_pools(lambda: pools)
@@ -135,6 +140,7 @@ async def build_parts(
                 "edge",
                 config.edge,
                 session,
+                client,
                 clock,
                 observer=metrics.observe_attempt,
                 tracing=tracing,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from yarl import URL
-
+from router import http1
 from router.breaker import CircuitBreaker
 
 EWMA_ALPHA = 0.2  # weight of the newest latency sample
@@ -25,15 +24,16 @@ class Endpoint:
         self.busy_until = 0.0
         self.last_ok_at: float | None = None
         self.last_error: str | None = None
-        self._urls: dict[str, URL] = {}  # one per API path used: a handful
+        self.origin = http1.Origin.parse(url)
+        self._heads: dict[str, bytes] = {}  # one per API path used: a handful
 
-    def url_for(self, path: str) -> URL:
-        """The URL of ``path`` on this endpoint, parsed once (aiohttp would parse the string
-        on every request)."""
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = URL(self.url + path)
-        return url
+    def head_for(self, path: str) -> bytes:
+        """The head of a POST of ``path`` to this endpoint with its own headers (credentials
+        included), built once: per-request headers are appended to it."""
+        head = self._heads.get(path)
+        if head is None:
+            head = self._heads[path] = http1.request_head(self.origin, path, self.headers)
+        return head
 
     def observe_ok(self, latency_s: float, now: float) -> None:
         self.breaker.record_success()

@@ -27,6 +27,7 @@ import aiohttp
 from router.clock import Clock
 from router.config import CredentialConfig, PoolConfig
 from router.errors import ConfigError
+from router.http1 import Http1Client
 from router.tracing import NO_TRACING, Tracing
 from router.upstream import AttemptObserver, UpstreamPool
 
@@ -76,11 +77,13 @@ class Pools:
     def __init__(
         self,
         session: aiohttp.ClientSession,
+        client: Http1Client,
         clock: Clock,
         observer: AttemptObserver | None = None,
         tracing: Tracing = NO_TRACING,
     ) -> None:
         self._session = session
+        self._client = client
         self._clock = clock
         self._observer = observer
         self._tracing = tracing
@@ -103,6 +106,7 @@ class Pools:
                 name,
                 config,
                 self._session,
+                self._client,
                 self._clock,
                 observer=self._observer,
                 api_keys=keys,

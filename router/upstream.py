@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 
+from router import http1
 from router.breaker import BreakerParams, CircuitBreaker
 from router.clock import Clock
 from router.config import PoolConfig
@@ -84,7 +85,7 @@ class UpstreamStream:
         pool: UpstreamPool,
         endpoint: Endpoint,
         lease: Lease,
-        response: aiohttp.ClientResponse,
+        response: http1.Response,
         first: bytes,
         attempts: int,
     ) -> None:
@@ -103,11 +104,11 @@ class UpstreamStream:
         while True:
             try:
                 async with asyncio.timeout(idle_timeout_s):
-                    chunk = await self._response.content.readany()
+                    chunk = await self._response.readany()
             except TimeoutError as exc:
                 self._finish(f"no data for {idle_timeout_s}s mid-stream")
                 raise StreamBroken(f"upstream sent nothing for {idle_timeout_s}s") from exc
-            except aiohttp.ClientError as exc:
+            except http1.ClientError as exc:
                 self._finish(f"stream broke: {exc!r}")
                 raise StreamBroken("upstream connection broke mid-stream") from exc
             if not chunk:
@@ -147,6 +148,7 @@ class UpstreamPool:
         name: str,
         config: PoolConfig,
         session: aiohttp.ClientSession,
+        client: http1.Http1Client,
         clock: Clock,
         *,
         backoff: Backoff | None = None,
@@ -156,10 +158,11 @@ class UpstreamPool:
         tracing: Tracing = NO_TRACING,
     ) -> None:
         """``api_keys``: each endpoint's key (router/pools.py resolves them from the config's
-        environment variables and files); ``config.api_key`` is the literal fallback."""
+        environment variables and files); ``config.api_key`` is the literal fallback.
+        ``client`` carries the requests (router/http1.py); ``session`` the health probes."""
         self.name = name
         self.config = config
-        self._session = session
+        self._client = client
         self._clock = clock
         self._backoff = backoff or FullJitterBackoff(config.backoff.base_s, config.backoff.cap_s)
         self._rng = rng or random.Random()
@@ -176,8 +179,8 @@ class UpstreamPool:
         ]
         self.health = PoolHealth(name, self.endpoints, config, session, clock, self.observe)
         # The whole-attempt bound is the request's deadline (asyncio.timeout in _attempt);
-        # aiohttp bounds only a new connection's set-up. One object for every attempt.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
+        # the client bounds only a new connection's set-up.
+        self._connect_timeout_s = config.connect_timeout_s
 
     # ---- selection -------------------------------------------------------------------
 
@@ -288,19 +291,21 @@ class UpstreamPool:
         lease = Lease(endpoint)
         endpoint.breaker.on_attempt()
         started = self._clock.now()
-        response: aiohttp.ClientResponse | None = None
+        response: http1.Response | None = None
         handed_over = False
         outcome = "failed"
         traced = None
-        sent = {**endpoint.headers, **headers} if headers else endpoint.headers
+        head = endpoint.head_for(path)
+        if headers:
+            head += http1.encode_headers(headers)
         if self._tracing.enabled:  # a CLIENT span per attempt; its traceparent goes upstream
             traced = self._tracing.attempt(self.name, endpoint.url, attempt, path)
             if traced is not None:
-                sent = {**sent, **traced.headers}
+                head += http1.encode_headers(traced.headers)
         try:
             async with asyncio.timeout(remaining_s):
-                response = await self._session.post(
-                    endpoint.url_for(path), data=body, headers=sent, timeout=self._timeout
+                response = await self._client.post(
+                    endpoint.origin, head, body, connect_timeout_s=self._connect_timeout_s
                 )
                 status = response.status
                 if status in (429, 503):
@@ -316,7 +321,7 @@ class UpstreamPool:
                     endpoint.observe_failure(f"status {status}")
                     raise _Retryable(f"answered {status}")
                 if stream and status == 200:
-                    first = await response.content.readany()
+                    first = await response.readany()
                     if not first:
                         endpoint.observe_failure("empty stream")
                         raise _Retryable("stream ended before its first event")
@@ -345,11 +350,11 @@ class UpstreamPool:
             raise DeadlineExceeded(
                 f"no answer from the {self.name} pool within the request's deadline"
             ) from exc
-        except aiohttp.ClientConnectorError as exc:
+        except http1.ConnectFailed as exc:
             outcome = "connect_failed"
             endpoint.observe_failure(f"cannot connect: {exc.os_error}")
             raise _Retryable(f"cannot connect ({exc.os_error})") from exc
-        except aiohttp.ClientError as exc:
+        except http1.ClientError as exc:
             outcome = "broken"
             endpoint.observe_failure(f"connection broke: {exc!r}")
             raise _Retryable(f"connection broke: {exc!r}") from exc
@@ -393,8 +398,8 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return headers
 
 
-def _queue_ms(response: aiohttp.ClientResponse) -> float | None:
-    raw = response.headers.get("X-Queue-Ms")
+def _queue_ms(response: http1.Response) -> float | None:
+    raw = response.headers.get("x-queue-ms")
     if raw is None:
         return None
     try:
@@ -403,8 +408,8 @@ def _queue_ms(response: aiohttp.ClientResponse) -> float | None:
         return None
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float:
-    raw = response.headers.get("Retry-After", "")
+def _retry_after(response: http1.Response) -> float:
+    raw = response.headers.get("retry-after", "")
     try:
         seconds = float(raw)
     except ValueError:
