@@ -81,9 +81,12 @@ class Origin:
         default = 443 if parts.scheme == "https" else 80
         port = port or default
         host = parts.hostname
-        shown = f"[{host}]" if ":" in host else host
-        header = shown if port == default else f"{shown}:{port}"
-        return cls(parts.scheme, host, port, parts.path.rstrip("/"), header.encode("idna"))
+        try:
+            encoded = host.encode("idna").decode("ascii") if ":" not in host else f"[{host}]"
+        except UnicodeError as exc:
+            return cls("http", "", 0, "", b"", problem=f"bad host name ({exc})")
+        header = encoded if port == default else f"{encoded}:{port}"
+        return cls(parts.scheme, host, port, parts.path.rstrip("/"), header.encode("ascii"))
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -224,6 +227,8 @@ class Response:
 
 
 def _decoder_for(encoding: str | None) -> Any:
+    if encoding is not None:
+        encoding = encoding.strip().lower()
     if encoding is None or encoding in ("identity", ""):
         return None
     if encoding in ("gzip", "x-gzip"):
@@ -311,7 +316,7 @@ class _Connection(asyncio.Protocol):
         self._header_values.clear()
         # Read now: llhttp resets its flags once the message is complete.
         self._keep_alive = self._parser.should_keep_alive()
-        chunked = "chunked" in headers.get("transfer-encoding", "")
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self._until_eof = "content-length" not in headers and not chunked
         response = Response(self, status, headers)
         self._response = response
@@ -344,12 +349,7 @@ class _Connection(asyncio.Protocol):
         return self._received_any
 
     def reusable_after(self, response: Response) -> None:
-        if (
-            self.closed
-            or response is not self._response
-            or self._until_eof
-            or not self._keep_alive
-        ):
+        if self.closed or response is not self._response or self._until_eof or not self._keep_alive:
             self.close()
             return
         self._response = None
@@ -385,9 +385,15 @@ class _OriginPool:
         while self._idle:
             connection = self._idle.pop()  # the newest: the least likely to have expired
             transport = connection.transport
-            if connection.closed or transport is None or transport.is_closing():
-                continue
-            if now - connection.idle_since > self._client.keepalive_s:
+            if (
+                connection.closed
+                or transport is None
+                or transport.is_closing()
+                or now - connection.idle_since > self._client.keepalive_s
+            ):
+                # Idle, so its slot was given back when it went idle: forget it here, or
+                # closing it would give the slot back a second time.
+                self.open.discard(connection)
                 connection.close()
                 continue
             return connection
@@ -426,6 +432,8 @@ class _OriginPool:
             raise ConnectFailed(f"connecting took over {timeout_s}s", exc) from exc
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake
             raise ConnectFailed(f"cannot connect: {exc}", exc) from exc
+        if protocol.closed:  # lost already, before it was counted
+            raise ConnectFailed("the connection closed while it was being set up")
         self.open.add(protocol)
         return protocol
 
@@ -477,6 +485,8 @@ class Http1Client:
         await self._acquire_slot()
         slot_held = True
         try:
+            if self._closed:  # closed while this request waited for a slot
+                raise ConnectFailed("the client is closed")
             connection = pool.take_idle(asyncio.get_running_loop().time())
             if connection is None:
                 connection = await pool.connect(connect_timeout_s)

@@ -288,6 +288,9 @@ class UpstreamPool:
         stream: bool,
         attempt: int,
     ) -> UpstreamReply | UpstreamStream:
+        head = endpoint.head_for(path)  # before the lease: a bad header value holds nothing
+        if headers:
+            head += http1.encode_headers(headers)
         lease = Lease(endpoint)
         endpoint.breaker.on_attempt()
         started = self._clock.now()
@@ -295,9 +298,6 @@ class UpstreamPool:
         handed_over = False
         outcome = "failed"
         traced = None
-        head = endpoint.head_for(path)
-        if headers:
-            head += http1.encode_headers(headers)
         if self._tracing.enabled:  # a CLIENT span per attempt; its traceparent goes upstream
             traced = self._tracing.attempt(self.name, endpoint.url, attempt, path)
             if traced is not None:

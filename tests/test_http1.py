@@ -374,3 +374,46 @@ def test_an_answer_fed_in_any_pieces_parses_the_same(
         assert await response.read() == body
 
     asyncio.run(run())
+
+
+async def test_expired_idle_connections_give_their_slot_back_once() -> None:
+    """Every idle connection is expired at once (keep-alive below zero): each request opens a
+    new one, and the count of connections in use stays exact (a review found it drifting
+    below zero, which lifted the bound)."""
+    expiring = Http1Client(max_connections=2, keepalive_s=-1.0)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    try:
+        async with serve(ok) as (url, ports):
+            for _ in range(5):
+                response = await post(expiring, url)
+                assert await response.read() == b"ok"
+                response.release()
+                assert expiring.in_use == 0
+            assert len(ports) == 5
+    finally:
+        await expiring.close()
+
+
+async def test_a_chunked_body_cut_short_is_an_error_whatever_the_case(
+    client: Http1Client,
+) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        writer.close()
+
+    url, server = await raw_server(cut)
+    async with server:
+        response = await post(client, url)
+        with pytest.raises(ConnectionBroken):
+            await response.read()
+        response.close()
+
+
+def test_a_host_name_that_cannot_be_encoded_makes_an_unusable_origin() -> None:
+    assert Origin.parse("http://a..b:8000").problem is not None
+    assert Origin.parse("http://" + "x" * 70 + ".example").problem is not None
