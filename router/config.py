@@ -195,9 +195,10 @@ class PoolConfig(_Frozen):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     """seconds to open a TCP connection to an endpoint"""
     max_connections: int = Field(default=1024, ge=1)
-    """upstream sockets: the router keeps one client connection pool for every upstream, and
-    the `cloud` section's value bounds it (the same key in other pools and the edge is not
-    used yet)"""
+    """upstream connections in use at once, for every upstream together (one client for the
+    request path; the `cloud` section's value bounds it, the same key in other pools and the
+    edge is not used yet); requests beyond wait for one. Idle kept-alive connections: at most
+    64 per upstream, closed after 30 s"""
     backoff: BackoffConfig = BackoffConfig()
     """pause between attempts: uniform in [0, min(cap, base * 2^(n-1))]"""
     breaker: BreakerConfig = BreakerConfig()
@@ -707,7 +708,8 @@ class LoggingConfig(_Frozen):
     """
     access_log: bool = True
     """one line per inference answer (logger hotcold.access): method, path, status,
-    route/cache/served-by, latency
+    route/cache/served-by, latency. Lines below WARNING are written to stderr in batches, at
+    most 50 ms or 64 KiB pending (a SIGKILL loses at most that); warnings go out at once
     """
 
     @field_validator("level")
