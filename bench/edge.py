@@ -177,7 +177,11 @@ async def run(requests: int) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hotcold bench edge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hotcold bench edge",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--requests", type=int, default=3000)
     args = parser.parse_args(argv)
     rows = asyncio.run(run(args.requests))

@@ -320,7 +320,11 @@ async def run(args: argparse.Namespace, console: Console) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hotcold bench fleet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hotcold bench fleet",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--routers", type=int, nargs="+", default=[2, 10, 50, 100])
     parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS))
     parser.add_argument("--per-router", type=int, default=1000, help="requests/s per router")

@@ -633,7 +633,11 @@ def memory_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hotcold bench node", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hotcold bench node",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", default="default")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")

@@ -243,7 +243,11 @@ def markdown(cells: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hotcold bench policy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hotcold bench policy",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--traces",
         type=Path,

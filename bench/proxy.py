@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hotcold.console import make_console
+from hotcold.procs import die_with_parent
 from hotcold.serving import event_loop_name, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,7 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: stopping it stops its workers too
+            preexec_fn=die_with_parent,  # and it stops if this benchmark is killed
         )
         self._health = health
 
@@ -475,7 +477,11 @@ def show(console: Console, targets: list[Target], rounds: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hotcold bench proxy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hotcold bench proxy",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
@@ -491,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "--python",
         default=sys.executable,
         help="interpreter of hotcold and the bare proxy (a venv with hotcold installed), to"
-        " compare Python versions; default: this one",
+        " compare Python versions",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results/proxy.json"))
     args = parser.parse_args(argv)
