@@ -106,9 +106,12 @@ async def read_body(request: web.Request) -> bytes:
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
     timeout_s = root.get(BODY_TIMEOUT_S)
+    content = request.content
     try:
-        if request.content.is_eof():  # all of it has arrived: no wait, so no timer to set
-            raw = await request.read()
+        if content.is_eof():  # all of it has arrived: no wait, no timer, no read loop
+            raw = content.read_nowait()
+            if len(raw) > limit:  # a body without a Content-Length, over the limit
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         else:
             async with asyncio.timeout(timeout_s):
                 raw = await request.read()

@@ -168,11 +168,11 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     started = time.perf_counter()
     status = "cancelled"
     recorded: RequestTrace | None = None
+    parts = None if api is None else parts_of(request)
     try:
-        if api is None:
+        if api is None or parts is None:
             response = await error_middleware(request, handler)
         else:
-            parts = parts_of(request)
             if parts.tracing.enabled:  # the request's span, current while it is handled
                 recorded = parts.tracing.start(request, api)
             in_flight = parts.in_flight
@@ -188,10 +188,10 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = str(response.status)
     finally:
         decision: Decision = request.get(DECISION, ROUTER_ANSWER)
-        if api is not None:
+        if parts is not None and api is not None:
             finished = time.perf_counter()
             first_token_at = request.get(FIRST_TOKEN_AT)  # set by a relayed stream
-            parts_of(request).metrics.count_answer(
+            parts.metrics.count_answer(
                 api,
                 (decision.route, decision.cache, decision.served_by, decision.model),
                 status,
@@ -203,7 +203,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             if access.isEnabledFor(logging.INFO):  # a dictionary lookup when off
                 _log_access(request, api, decision, status, finished - started)
             if recorded is not None:
-                parts_of(request).tracing.finish(
+                parts.tracing.finish(
                     recorded,
                     (decision.route, decision.cache, decision.served_by, decision.model),
                     status,

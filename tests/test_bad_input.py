@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import msgpack
+import orjson
 import pytest
 
 from hotcold.serving import Server
@@ -270,3 +272,27 @@ async def test_no_output_bound_slips_past_the_ceiling(
     status, document = await _post(front.url, orjson.dumps({**CHAT, **fields}))
     assert status == 400
     assert _assert_error_shape(document)["param"] == param
+
+
+async def test_a_chunked_body_over_the_limit_that_arrived_whole_is_413(
+    stub: StubFactory, router: RouterFactory
+) -> None:
+    """The whole body is in before the handler reads it (one write of 2 KB against a 1 KiB
+    limit, no Content-Length): the limit holds on the path that reads without waiting."""
+    small = await router([(await stub()).url], server={"max_body_bytes": 1024})
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"a" * 2000 + b'"}]}'
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(small.host, small.port)
+    try:
+        writer.write(head + chunked)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        assert answer.startswith(b"HTTP/1.1 413"), answer
+        length = int(answer.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        document = orjson.loads(await asyncio.wait_for(reader.readexactly(length), 60))
+    finally:
+        writer.close()
+    _assert_error_shape(document)
