@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import YAMLError
 
 from router.clock import Clock
 from router.config import TenantLimits, TenantsConfig
@@ -228,19 +230,42 @@ class FileTenantStore:
         self.reload = reload
 
     def _edit(self, change: Callable[[dict[str, Any]], None]) -> None:
-        text = self.path.read_text() if self.path.exists() else ""
-        document: Any = yaml.safe_load(text) or {}
+        """Change the file's tenants section, keeping the rest of the file as the operator
+        wrote it: comments, order and quoting survive (ruamel.yaml's round trip; PyYAML
+        dropped every comment of the file at the first key made). A file that cannot be
+        read or written is a 503 with the reason, not an internal error."""
+        round_trip = YAML(typ="rt")
+        round_trip.preserve_quotes = True
+        try:
+            text = self.path.read_text() if self.path.exists() else ""
+            document: Any = round_trip.load(text) if text.strip() else None
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.path} cannot be read: {exc.strerror}") from exc
+        except YAMLError as exc:
+            raise StoreUnavailable(f"{self.path} is not valid YAML: {exc}") from exc
+        if document is None:
+            document = CommentedMap()
         if not isinstance(document, dict):
             raise StoreUnavailable(f"{self.path} is not a mapping of settings")
-        tenants = document.setdefault("tenants", {})
+        tenants = document.get("tenants")
+        if tenants is None:
+            tenants = document["tenants"] = CommentedMap()
         if not isinstance(tenants, dict):
             raise StoreUnavailable(f"{self.path}: tenants is not a mapping")
         change(tenants)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".hotcold-")
+        try:
+            handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".hotcold-")
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"the config file's directory {self.path.parent} is not writable: {exc.strerror}"
+            ) from exc
         try:
             with os.fdopen(handle, "w") as out:
-                yaml.safe_dump(document, out, sort_keys=False)
+                round_trip.dump(document, out)
             os.replace(temporary, self.path)
+        except OSError as exc:
+            Path(temporary).unlink(missing_ok=True)
+            raise StoreUnavailable(f"{self.path} cannot be written: {exc.strerror}") from exc
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise

@@ -190,3 +190,60 @@ async def test_hotcold_key_is_a_client_of_the_admin_api(
     assert code == 0 and await status_with(server, secret) == 401
     code, out = await hotcold_key("revoke", ident)
     assert code == 1 and "404" in out
+
+
+async def test_the_operators_comments_survive_a_key_made_through_the_api(
+    tmp_path: Path, stub: StubFactory
+) -> None:
+    cloud = await stub()
+    path = tmp_path / "router.yaml"
+    path.write_text(
+        "# the gateway at the north gate\n"
+        "cloud:\n"
+        f"  endpoints: ['{cloud.url}']   # the rented pool\n"
+        "admin:\n"
+        "  watch_config_s: 0\n"
+        "tenants:\n"
+        "  # limits agreed with each customer\n"
+        "  overrides:\n"
+        "    acme: {burst: 5}\n"
+    )
+    layers = load_layers(path, environ={})
+    server = Server(create_app(layers.build(), layers=layers), "127.0.0.1", 0)
+    await server.start()
+    try:
+        status, _, made = await admin(server.url, "POST", "/admin/keys", json={"tenant": "acme"})
+        assert status == 201, made
+    finally:
+        await server.close()
+    text = path.read_text()
+    for comment in ("# the gateway at the north gate", "# the rented pool", "# limits agreed"):
+        assert comment in text, text
+    stored: Any = yaml.safe_load(text)
+    assert stored["tenants"]["overrides"] == {"acme": {"burst": 5}}
+    assert stored["tenants"]["api_keys"] == [{"tenant": "acme", "sha256": key_digest(made["key"])}]
+
+
+async def test_a_config_file_that_cannot_be_written_is_a_503_with_the_reason(
+    tmp_path: Path, stub: StubFactory
+) -> None:
+    """Its directory is gone (what root meets too, unlike a read-only directory): the admin
+    API says why in the OpenAI error shape instead of an internal error."""
+    cloud = await stub()
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    path = folder / "router.yaml"
+    path.write_text(
+        yaml.safe_dump({"cloud": {"endpoints": [cloud.url]}, "admin": {"watch_config_s": 0}})
+    )
+    layers = load_layers(path, environ={})
+    server = Server(create_app(layers.build(), layers=layers), "127.0.0.1", 0)
+    await server.start()
+    try:
+        path.unlink()
+        folder.rmdir()
+        status, _, answer = await admin(server.url, "POST", "/admin/keys", json={"tenant": "a"})
+    finally:
+        await server.close()
+    assert status == 503, answer
+    assert "not writable" in answer["error"]["message"], answer
