@@ -64,20 +64,19 @@ class _SecondCache:
     """The formatted second of a log line, computed once per second instead of once per line
     (``strftime`` was a third of an access line's cost)."""
 
-    __slots__ = ("_convert", "_format", "_second", "_text")
+    __slots__ = ("_convert", "_format", "_last")
 
     def __init__(self, format_: str, convert: Callable[[float], time.struct_time]) -> None:
         self._format = format_
         self._convert = convert
-        self._second = -1
-        self._text = ""
+        self._last = (-1, "")  # (second, its text): one tuple, so no thread sees half of it
 
     def __call__(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            self._text = time.strftime(self._format, self._convert(second))
-            self._second = second
-        return self._text
+        last = self._last
+        if second != last[0]:
+            last = self._last = (second, time.strftime(self._format, self._convert(second)))
+        return last[1]
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -144,7 +143,7 @@ class BatchedStreamHandler(logging.Handler):
         self._encoding = encoding
         self._pending: list[str] = []
         self._pending_chars = 0
-        self._scheduled = False
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -152,20 +151,7 @@ class BatchedStreamHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        self._pending.append(line)
-        self._pending_chars += len(line)
-        if record.levelno >= logging.WARNING or self._pending_chars >= self.MAX_PENDING_BYTES:
-            self._write()
-            return
-        if self._scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop in this thread: nobody would flush later
-            self._write()
-            return
-        self._scheduled = True
-        loop.call_later(self.FLUSH_AFTER_S, self.flush)
+        self._add(line, urgent=record.levelno >= logging.WARNING)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
@@ -174,23 +160,30 @@ class BatchedStreamHandler(logging.Handler):
     def write_line(self, line: str) -> None:
         """A formatted INFO line, as :meth:`emit` would add it."""
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            self._pending.append(line + "\n")
-            self._pending_chars += len(line) + 1
-            if self._pending_chars >= self.MAX_PENDING_BYTES:
-                self._write()
-                return
-            if self._scheduled:
-                return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._write()
-                return
-            self._scheduled = True
-            loop.call_later(self.FLUSH_AFTER_S, self.flush)
+            self._add(line + "\n", urgent=False)
+
+    def _add(self, line: str, urgent: bool) -> None:
+        """Queue a line (the caller holds the lock); write now when it is urgent, the batch
+        is full, or no running loop would flush it later; otherwise make sure a flush is
+        scheduled on *this* loop (one scheduled on a loop that has since stopped would never
+        run, and would hold every later line)."""
+        self._pending.append(line)
+        self._pending_chars += len(line)
+        if urgent or self._pending_chars >= self.MAX_PENDING_BYTES:
+            self._write()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: nobody would flush later
+            self._write()
+            return
+        if self._timer_loop is loop:
+            return
+        self._timer_loop = loop
+        loop.call_later(self.FLUSH_AFTER_S, self.flush)
 
     def _write(self) -> None:
-        self._scheduled = False
+        self._timer_loop = None
         if not self._pending:
             return
         data = "".join(self._pending).encode(self._encoding, "backslashreplace")

@@ -3,6 +3,7 @@ order kept, warnings and lines from outside an event loop written at once."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import threading
@@ -71,3 +72,26 @@ async def test_pending_lines_are_bounded() -> None:
         logger.info(line)
     assert stream.writes >= 2, "a full buffer is written without waiting for the timer"
     assert len(stream.getvalue()) >= BatchedStreamHandler.MAX_PENDING_BYTES
+
+
+def test_a_loop_that_ends_with_a_flush_due_holds_no_later_line() -> None:
+    """A review found the handler waiting forever for a flush scheduled on a loop that had
+    stopped: every later INFO line was held until 64 KiB piled up or the process exited."""
+    stream = CountingStream()
+    logger, _ = logger_to(stream)
+
+    async def log_and_leave() -> None:
+        logger.info("on the first loop")
+
+    asyncio.run(log_and_leave())  # ends before its flush is due
+    logger.info("no loop now")  # written at once, with the one left behind
+    assert stream.getvalue() == b"INFO on the first loop\nINFO no loop now\n"
+
+    async def second_loop() -> None:
+        logger.info("on a second loop")
+        await wait_for(
+            lambda: stream.getvalue().endswith(b"INFO on a second loop\n"),
+            message="the second loop's flush",
+        )
+
+    asyncio.run(second_loop())
