@@ -20,6 +20,7 @@ guessing the key.
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import tempfile
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import SingleQuotedScalarString
 
 from router.clock import Clock
 from router.config import TenantLimits, TenantsConfig
@@ -217,6 +219,14 @@ def _unknown_or_file(directory: TenantDirectory, ident: str) -> str:
     return f"no key with id {ident}"
 
 
+def _quoted(value: str) -> str:
+    """A string written in quotes: ruamel.yaml writes by YAML 1.2, where ``yes``, ``no``,
+    ``on`` and ``off`` are plain strings, but the config is read by PyYAML (YAML 1.1), which
+    reads them unquoted as booleans; a tenant named ``yes`` would break the file."""
+    quoted: str = SingleQuotedScalarString(value)
+    return quoted
+
+
 class FileTenantStore:
     """A single router with a config file: keys and limits are written into the file
     (``tenants.api_keys``, ``tenants.overrides``), atomically, then the file is reloaded."""
@@ -232,17 +242,21 @@ class FileTenantStore:
     def _edit(self, change: Callable[[dict[str, Any]], None]) -> None:
         """Change the file's tenants section, keeping the rest of the file as the operator
         wrote it: comments, order and quoting survive (ruamel.yaml's round trip; PyYAML
-        dropped every comment of the file at the first key made). A file that cannot be
+        dropped every comment of the file at the first key made). The strings written are
+        quoted (:func:`_quoted`), and a file the reload refuses is put back as it was, so an
+        edit can never leave a file the router would not start with. A file that cannot be
         read or written is a 503 with the reason, not an internal error."""
         round_trip = YAML(typ="rt")
         round_trip.preserve_quotes = True
+        existed = self.path.exists()
         try:
-            text = self.path.read_text() if self.path.exists() else ""
+            text = self.path.read_text() if existed else ""
             document: Any = round_trip.load(text) if text.strip() else None
         except OSError as exc:
             raise StoreUnavailable(f"{self.path} cannot be read: {exc.strerror}") from exc
         except YAMLError as exc:
             raise StoreUnavailable(f"{self.path} is not valid YAML: {exc}") from exc
+        only_comments = document is None and bool(text.strip())
         if document is None:
             document = CommentedMap()
         if not isinstance(document, dict):
@@ -253,6 +267,26 @@ class FileTenantStore:
         if not isinstance(tenants, dict):
             raise StoreUnavailable(f"{self.path}: tenants is not a mapping")
         change(tenants)
+        out = io.StringIO()
+        round_trip.dump(document, out)
+        new_text = out.getvalue()
+        if only_comments:  # a file of comments alone loads as nothing: keep them above
+            new_text = text.rstrip("\n") + "\n" + new_text
+        self._write(new_text)
+        result = self.reload()
+        if getattr(result, "ok", True):
+            return
+        if existed:
+            self._write(text)
+        else:
+            self.path.unlink(missing_ok=True)
+        self.reload()
+        raise StoreUnavailable(
+            f"the config file did not reload, so it was put back as it was: {result.message}"
+        )
+
+    def _write(self, text: str) -> None:
+        """Replace the file's content atomically (a reader sees the old or the new file)."""
         try:
             handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".hotcold-")
         except OSError as exc:
@@ -261,7 +295,7 @@ class FileTenantStore:
             ) from exc
         try:
             with os.fdopen(handle, "w") as out:
-                round_trip.dump(document, out)
+                out.write(text)
             os.replace(temporary, self.path)
         except OSError as exc:
             Path(temporary).unlink(missing_ok=True)
@@ -269,14 +303,11 @@ class FileTenantStore:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        result = self.reload()
-        if not getattr(result, "ok", True):
-            raise StoreUnavailable(f"the config file did not reload: {result.message}")
 
     async def create_key(self, record: KeyRecord) -> None:
-        entry = {"tenant": record.tenant, "sha256": record.sha256}
+        entry = {"tenant": _quoted(record.tenant), "sha256": _quoted(record.sha256)}
         if record.name:
-            entry["name"] = record.name
+            entry["name"] = _quoted(record.name)
 
         def add(tenants: dict[str, Any]) -> None:
             tenants["require_keys"] = True  # revoking the last key must not open the router
@@ -304,7 +335,7 @@ class FileTenantStore:
             if limits is None:
                 overrides.pop(tenant, None)
             else:
-                overrides[tenant] = limits.model_dump(exclude_defaults=True)
+                overrides[_quoted(tenant)] = limits.model_dump(exclude_defaults=True)
             tenants["overrides"] = overrides
 
         self._edit(change)

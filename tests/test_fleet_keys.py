@@ -247,3 +247,50 @@ async def test_a_config_file_that_cannot_be_written_is_a_503_with_the_reason(
         await server.close()
     assert status == 503, answer
     assert "not writable" in answer["error"]["message"], answer
+
+
+async def test_names_yaml_1_1_reads_as_booleans_leave_a_file_the_router_starts_with(
+    file_router: tuple[Server, Path],
+) -> None:
+    server, path = file_router
+    status, _, made = await admin(
+        server.url, "POST", "/admin/keys", json={"tenant": "yes", "name": "off"}
+    )
+    assert status == 201, made
+    status, _, _ = await admin(server.url, "PUT", "/admin/tenants/no/limits", json={"burst": 2})
+    assert status == 200
+    load_layers(path, environ={}).build()  # a restart reads the file
+    stored: Any = yaml.safe_load(path.read_text())
+    assert stored["tenants"]["api_keys"][0]["tenant"] == "yes"
+    assert stored["tenants"]["api_keys"][0]["name"] == "off"
+    assert stored["tenants"]["overrides"] == {"no": {"burst": 2}}
+    assert await status_with(server, made["key"]) == 200
+
+
+async def test_a_file_the_reload_refuses_is_put_back_as_it_was(
+    file_router: tuple[Server, Path],
+) -> None:
+    server, path = file_router
+    broken = path.read_text() + "cache:\n  entries: -5   # a typo the operator has not reloaded\n"
+    path.write_text(broken)
+    status, _, answer = await admin(server.url, "POST", "/admin/keys", json={"tenant": "acme"})
+    assert status == 503, answer
+    assert "put back" in answer["error"]["message"]
+    assert path.read_text() == broken
+
+
+async def test_a_file_of_comments_alone_keeps_them(tmp_path: Path, stub: StubFactory) -> None:
+    cloud = await stub()
+    path = tmp_path / "router.yaml"
+    path.write_text("# nothing set yet: every default\n# see configs/router.yaml\n")
+    layers = load_layers(path, environ={"HOTCOLD_CLOUD_ENDPOINTS": cloud.url})
+    server = Server(create_app(layers.build(), layers=layers), "127.0.0.1", 0)
+    await server.start()
+    try:
+        status, _, made = await admin(server.url, "POST", "/admin/keys", json={"tenant": "a"})
+        assert status == 201, made
+    finally:
+        await server.close()
+    text = path.read_text()
+    assert text.startswith("# nothing set yet: every default\n# see configs/router.yaml\n")
+    assert yaml.safe_load(text)["tenants"]["api_keys"][0]["tenant"] == "a"
