@@ -122,7 +122,7 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: stopping it stops its workers too
-            preexec_fn=die_with_parent,  # and it stops if this benchmark is killed
+            preexec_fn=die_with_parent(),  # and it stops if this benchmark is killed
         )
         self._health = health
 

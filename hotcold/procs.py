@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -24,19 +25,29 @@ class ServiceStartError(RuntimeError):
     pass
 
 
-def die_with_parent() -> None:
-    """For ``Popen(preexec_fn=...)`` in a single-threaded parent (a benchmark): the child
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``Popen(preexec_fn=...)`` for a single-threaded parent (a benchmark): the child
     gets SIGTERM when the parent dies, even by SIGKILL, so no server outlives its benchmark.
-    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing. Not for a parent with
-    threads: ``preexec_fn`` runs between fork and exec, where another thread's lock can
-    deadlock the child."""
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere None. The C function is looked up
+    here, in the parent; the child only calls it, then checks that its parent is still the
+    one that started it (one that died before the call would never signal). Not for a
+    parent with threads: ``preexec_fn`` runs between fork and exec, where another thread's
+    lock can deadlock the child; and the signal comes when the parent *thread* ends, so
+    call ``Popen`` from the main thread."""
     if not sys.platform.startswith("linux"):
-        return
-    import ctypes  # only here: the call runs in the forked child
+        return None
+    import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
     pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent is already gone
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 async def is_up(url: str, timeout_s: float = 0.5) -> bool:

@@ -16,7 +16,7 @@ PARENT = """
 import subprocess, sys, time
 from hotcold.procs import die_with_parent
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
-                         preexec_fn=die_with_parent, start_new_session=True)
+                         preexec_fn=die_with_parent(), start_new_session=True)
 print(child.pid, flush=True)
 time.sleep(600)
 """
