@@ -101,35 +101,25 @@ def _log_access(
     two thirds of a line's cost, for a line whose origin is always this function. With the
     plain-lines set-up :func:`hotcold.logs.direct_handler` allows, the line is formatted
     here and written to the handler directly: the same bytes, no record at all."""
+    args = (
+        request.method,
+        request.path,
+        status,
+        decision.model,
+        decision.route,
+        decision.cache,
+        decision.served_by,
+        latency_s * 1000,
+    )
     handler = direct_handler(access)
     if handler is not None:
         formatter = cast(PlainFormatter, handler.formatter)
-        message = ACCESS_FORMAT % (
-            request.method,
-            request.path,
-            status,
-            decision.model,
-            decision.route,
-            decision.cache,
-            decision.served_by,
-            latency_s * 1000,
-        )
+        message = ACCESS_FORMAT % args
         handler.write_line(
             formatter.info_line(access.name, message, REQUEST_ID_CONTEXT.get(), time.time())
         )
         return
-    record = _access_records.make(
-        (
-            request.method,
-            request.path,
-            status,
-            decision.model,
-            decision.route,
-            decision.cache,
-            decision.served_by,
-            latency_s * 1000,
-        )
-    )
+    record = _access_records.make(args)
     fields = record.__dict__
     fields["api"] = api
     fields["model"] = decision.model
