@@ -445,13 +445,20 @@ class _OriginPool:
 class Http1Client:
     """Kept-alive HTTP/1.1 connections to the upstreams, at most ``max_connections`` in use."""
 
-    def __init__(self, max_connections: int = 100, keepalive_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        max_connections: int = 100,
+        keepalive_s: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``ssl_context``: how HTTPS upstreams are verified; None: the system's trust store
+        (``ssl.create_default_context()``, which honours SSL_CERT_FILE and SSL_CERT_DIR)."""
         self.max_connections = max(1, max_connections)
         self.keepalive_s = keepalive_s
         self._origins: dict[tuple[str, str, int], _OriginPool] = {}
         self._in_use = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
         self._closed = False
 
     def ssl_context(self) -> ssl.SSLContext:

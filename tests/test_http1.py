@@ -9,10 +9,12 @@ import asyncio
 import contextlib
 import gzip
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -417,3 +419,59 @@ async def test_a_chunked_body_cut_short_is_an_error_whatever_the_case(
 def test_a_host_name_that_cannot_be_encoded_makes_an_unusable_origin() -> None:
     assert Origin.parse("http://a..b:8000").problem is not None
     assert Origin.parse("http://" + "x" * 70 + ".example").problem is not None
+
+
+# ---- TLS: the usual way to a cloud pool ------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tls_server(certificate: trustme.LeafCert) -> AsyncIterator[str]:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=f"over TLS to {request.host}")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(context)
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    try:
+        yield f"https://localhost:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_https_with_the_name_verified_against_a_trusted_authority() -> None:
+    authority = trustme.CA()
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    client = Http1Client(ssl_context=trusting)
+    async with tls_server(authority.issue_cert("localhost")) as url:
+        try:
+            for _ in range(2):  # the second on the kept-alive TLS connection
+                response = await post(client, url)
+                assert await response.read() == f"over TLS to {url[8:]}".encode()
+                response.release()
+            assert client.in_use == 0
+        finally:
+            await client.close()
+
+
+async def test_https_to_an_untrusted_or_misnamed_server_fails_to_connect() -> None:
+    authority = trustme.CA()
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    system_store_only = Http1Client()  # the test authority is in no system store
+    names_another = Http1Client(ssl_context=trusting)
+    async with tls_server(authority.issue_cert("upstream.example")) as url:
+        try:
+            with pytest.raises(ConnectFailed):
+                await post(system_store_only, url)
+            with pytest.raises(ConnectFailed):  # trusted, but issued to another name
+                await post(names_another, url)
+            assert system_store_only.in_use == 0 and names_another.in_use == 0
+        finally:
+            await system_store_only.close()
+            await names_another.close()
