@@ -119,14 +119,13 @@ async def build_parts(
             keepalive_timeout=30.0,
             ttl_dns_cache=10,
         )
-        # No cookie jar: one jar shared by every client's requests would hand one client's
-        # upstream cookies to the next, and filtering an empty jar still costs each request.
+        # aiohttp's client carries the health probes and the dashboard's polls (requests go
+        # through `client` below). No cookie jar: an upstream's cookies are never sent back.
         session = aiohttp.ClientSession(
             connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
         )
         stack.push_async_callback(session.close)
-        # The request path's own client (router/http1.py); the session above carries the
-        # health probes and the dashboard's polls.
+        # The request path's own client (router/http1.py).
         client = Http1Client(max_connections=config.cloud.max_connections, keepalive_s=30.0)
         stack.push_async_callback(client.close)
         metrics = RouterMetrics(config.metrics.tenant_labels)

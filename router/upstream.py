@@ -178,9 +178,6 @@ class UpstreamPool:
             for url in config.endpoints
         ]
         self.health = PoolHealth(name, self.endpoints, config, session, clock, self.observe)
-        # The whole-attempt bound is the request's deadline (asyncio.timeout in _attempt);
-        # the client bounds only a new connection's set-up.
-        self._connect_timeout_s = config.connect_timeout_s
 
     # ---- selection -------------------------------------------------------------------
 
@@ -303,9 +300,11 @@ class UpstreamPool:
             if traced is not None:
                 head += http1.encode_headers(traced.headers)
         try:
+            # The whole attempt is bounded by the request's deadline; the client bounds only a
+            # new connection's set-up.
             async with asyncio.timeout(remaining_s):
                 response = await self._client.post(
-                    endpoint.origin, head, body, connect_timeout_s=self._connect_timeout_s
+                    endpoint.origin, head, body, connect_timeout_s=self.config.connect_timeout_s
                 )
                 status = response.status
                 if status in (429, 503):
