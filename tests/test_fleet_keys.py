@@ -5,6 +5,7 @@ config file; a reload applies the tenants section without a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,20 @@ async def test_tenant_limits_set_on_one_router_apply_on_the_other(
     assert status == 200 and "slow" not in document["overrides"]
 
 
+@contextlib.asynccontextmanager
+async def router_on_file(
+    path: Path, environ: dict[str, str] | None = None
+) -> AsyncIterator[Server]:
+    """A single router started from the config file at ``path`` (its live keys go there)."""
+    layers = load_layers(path, environ=environ or {})
+    server = Server(create_app(layers.build(), layers=layers), "127.0.0.1", 0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def file_router(tmp_path: Path, stub: StubFactory) -> AsyncIterator[tuple[Server, Path]]:
     cloud = await stub()
@@ -117,11 +132,8 @@ async def file_router(tmp_path: Path, stub: StubFactory) -> AsyncIterator[tuple[
     path.write_text(
         yaml.safe_dump({"cloud": {"endpoints": [cloud.url]}, "admin": {"watch_config_s": 0}})
     )
-    layers = load_layers(path, environ={})
-    server = Server(create_app(layers.build(), layers=layers), "127.0.0.1", 0)
-    await server.start()
-    yield server, path
-    await server.close()
+    async with router_on_file(path) as server:
+        yield server, path
 
 
 async def test_a_single_router_keeps_its_keys_in_its_config_file(
@@ -208,14 +220,9 @@ async def test_the_operators_comments_survive_a_key_made_through_the_api(
         "  overrides:\n"
         "    acme: {burst: 5}\n"
     )
-    layers = load_layers(path, environ={})
-    server = Server(create_app(layers.build(), layers=layers), "127.0.0.1", 0)
-    await server.start()
-    try:
+    async with router_on_file(path) as server:
         status, _, made = await admin(server.url, "POST", "/admin/keys", json={"tenant": "acme"})
         assert status == 201, made
-    finally:
-        await server.close()
     text = path.read_text()
     for comment in ("# the gateway at the north gate", "# the rented pool", "# limits agreed"):
         assert comment in text, text
@@ -236,15 +243,10 @@ async def test_a_config_file_that_cannot_be_written_is_a_503_with_the_reason(
     path.write_text(
         yaml.safe_dump({"cloud": {"endpoints": [cloud.url]}, "admin": {"watch_config_s": 0}})
     )
-    layers = load_layers(path, environ={})
-    server = Server(create_app(layers.build(), layers=layers), "127.0.0.1", 0)
-    await server.start()
-    try:
+    async with router_on_file(path) as server:
         path.unlink()
         folder.rmdir()
         status, _, answer = await admin(server.url, "POST", "/admin/keys", json={"tenant": "a"})
-    finally:
-        await server.close()
     assert status == 503, answer
     assert "not writable" in answer["error"]["message"], answer
 
@@ -283,14 +285,9 @@ async def test_a_file_of_comments_alone_keeps_them(tmp_path: Path, stub: StubFac
     cloud = await stub()
     path = tmp_path / "router.yaml"
     path.write_text("# nothing set yet: every default\n# see configs/router.yaml\n")
-    layers = load_layers(path, environ={"HOTCOLD_CLOUD_ENDPOINTS": cloud.url})
-    server = Server(create_app(layers.build(), layers=layers), "127.0.0.1", 0)
-    await server.start()
-    try:
+    async with router_on_file(path, {"HOTCOLD_CLOUD_ENDPOINTS": cloud.url}) as server:
         status, _, made = await admin(server.url, "POST", "/admin/keys", json={"tenant": "a"})
         assert status == 201, made
-    finally:
-        await server.close()
     text = path.read_text()
     assert text.startswith("# nothing set yet: every default\n# see configs/router.yaml\n")
     assert yaml.safe_load(text)["tenants"]["api_keys"][0]["tenant"] == "a"
