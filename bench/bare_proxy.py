@@ -1,10 +1,11 @@
 """``python -m bench.bare_proxy --port N --upstream URL``: the least an aiohttp proxy can do:
 read the body, POST it upstream on a kept-alive connection, answer with the upstream's bytes.
 
-``hotcold bench proxy`` measures it beside the router as the floor of forwarding in Python with
-aiohttp (the same server and client libraries, the same event loop): what the router adds
-beyond it is the router's own work (validation, classification, cache keys, metrics, logs,
-retries), what it shares with it is the libraries' cost.
+``hotcold bench proxy`` measures it beside the router as forwarding in Python with aiohttp's
+server and client and nothing else, on the same event loop. The router shares the server
+side with it; it forwards with its own client (router/http1.py), which costs less than
+aiohttp's, so the difference is the router's own work (validation, classification, cache
+keys, metrics, logs, retries) less what its client saves.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ keep-alive connections:
 
 - direct to the upstream: the least latency there is, and, as the same kind of handler, the
   floor for a cache hit;
-- a bare aiohttp proxy (``bench.bare_proxy``): the floor for forwarding with the libraries the
-  router is built on;
+- a bare aiohttp proxy (``bench.bare_proxy``): forwarding with aiohttp's server and client
+  and nothing else (the router keeps aiohttp's server; it forwards with its own client);
 - hotcold forwarding a sampled request (temperature 0.7: never cached, always forwarded),
   with its default configuration (INFO logging and the access log on, to a file);
 - hotcold answering from its cache (temperature 0: the same request, a hit after the first);
