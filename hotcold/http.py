@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hotcold.front import FrontRequest
 from hotcold.wire.codec import accepts_only_msgpack, decode_body, encode_body, wants_msgpack
 from hotcold.wire.errors import (
     ApiError,
@@ -28,6 +29,9 @@ from hotcold.wire.errors import (
 log = logging.getLogger("hotcold.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A request from either transport: aiohttp's, or the front door's for the routes it serves
+# (hotcold/front.py). What the request path reads of one is common to both.
+HttpRequest = web.Request | FrontRequest
 
 # Each service puts its body limit here (and gives the same value to the Application's
 # client_max_size, which enforces it while reading).
@@ -77,12 +81,12 @@ def respond(
     return response
 
 
-def error_response(request: web.Request, exc: ApiError) -> web.Response:
+def error_response(request: HttpRequest, exc: ApiError) -> web.Response:
     return _error(request, exc.body(), exc.status, exc.headers())
 
 
 def _error(
-    request: web.Request, document: dict[str, Any], status: int, headers: dict[str, str]
+    request: HttpRequest, document: dict[str, Any], status: int, headers: dict[str, str]
 ) -> web.Response:
     """Errors are JSON (every client reads it), msgpack for a client that reads only that."""
     as_msgpack = accepts_only_msgpack(request.headers.get("Accept"))
@@ -97,9 +101,14 @@ async def read_document(request: web.Request) -> dict[str, Any]:
     return decode_body(await read_body(request), request.headers.get("Content-Type"))
 
 
-async def read_body(request: web.Request) -> bytes:
+async def read_body(request: HttpRequest) -> bytes:
     """Read the body's bytes (not empty), refusing an oversized one before reading it when
     we can, and a slow one past the app's ``BODY_TIMEOUT_S``."""
+    if isinstance(request, FrontRequest):
+        raw = await request.read(request.app[MAX_BODY_BYTES], request.app.get(BODY_TIMEOUT_S))
+        if not raw:
+            raise BadRequest("the request has no body", code="empty_body")
+        return raw
     root = request.match_info.apps[0]  # sub-applications read the root's settings
     limit = root[MAX_BODY_BYTES]
     declared = request.content_length
@@ -127,6 +136,13 @@ async def read_body(request: web.Request) -> bytes:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every failure to the OpenAI error shape; log unexpected ones with their traceback."""
+    return await answer_errors(request, handler)
+
+
+async def answer_errors(
+    request: HttpRequest, handler: Callable[[Any], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """:func:`error_middleware`'s work for a request from either transport."""
     try:
         return await handler(request)
     except ApiError as exc:

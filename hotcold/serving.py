@@ -34,6 +34,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from hotcold.front import FRONT, FrontServer
 from hotcold.wire.errors import error_body
 
 log = logging.getLogger("hotcold.serving")
@@ -205,6 +206,20 @@ class Server:
         )
         self._listener: asyncio.Server | None = None
         self._resume: asyncio.TimerHandle | None = None
+        routes = app.get(FRONT)
+        self._front = (
+            None
+            if routes is None
+            else FrontServer(
+                routes,
+                app,
+                fallback=self._aiohttp_protocol,
+                header_timeout_s=self._header_timeout_s,
+                idle_timeout_s=idle_timeout_s,
+                max_line_bytes=max_header_bytes,
+                max_headers=max_headers,
+            )
+        )
 
     @property
     def url(self) -> str:
@@ -215,13 +230,26 @@ class Server:
         await self._runner.setup()
         await self._listen()
 
-    def _protocol(self) -> asyncio.Protocol:
-        """A handler for a new connection, or a refusal past ``max_connections``."""
+    @property
+    def connection_count(self) -> int:
+        """Client connections open now, on the front door and on aiohttp."""
         server = self._runner.server
-        assert server is not None
-        if len(server.connections) >= self.max_connections:
+        front = 0 if self._front is None else len(self._front.connections)
+        return front + (0 if server is None else len(server.connections))
+
+    def _protocol(self) -> asyncio.Protocol:
+        """A handler for a new connection (the front door's when the app has one: it hands
+        other routes' connections to aiohttp), or a refusal past ``max_connections``."""
+        if self.connection_count >= self.max_connections:
             self.refused_connections += 1
             return _Refuse()
+        if self._front is not None:
+            return self._front.protocol()
+        return self._aiohttp_protocol()
+
+    def _aiohttp_protocol(self) -> asyncio.Protocol:
+        server = self._runner.server
+        assert server is not None
         return _OpenAIErrorHandler(
             server,
             loop=asyncio.get_running_loop(),
@@ -252,6 +280,8 @@ class Server:
         if self._resume is not None:
             self._resume.cancel()
         await self._stop_listening()
+        if self._front is not None:  # before the app's cleanup: its handlers use the app
+            await self._front.drain(self._shutdown_timeout_s)
         await self._runner.cleanup()
 
 

@@ -93,8 +93,7 @@ async def test_past_the_connection_cap_new_connections_get_503_and_the_rest_is_s
 
 
 def _count(server: Server) -> int:
-    runner_server = server._runner.server
-    return len(runner_server.connections) if runner_server is not None else 0
+    return server.connection_count
 
 
 @pytest.mark.parametrize(

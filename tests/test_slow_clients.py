@@ -35,8 +35,7 @@ def open_fds() -> int:
 
 def connections(server: Server) -> int:
     """Client connections the server holds now."""
-    runner = server._runner.server
-    return 0 if runner is None else len(runner.connections)
+    return server.connection_count
 
 
 @pytest.fixture
