@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
+from hotcold.front import FrontRequest
+from hotcold.http import HttpRequest
 from hotcold.wire import InferenceRequest, encode_body, error_body, sse_event, wants_msgpack
 from hotcold.wire.sse import SSE_DONE, event_data
 
@@ -62,7 +64,7 @@ class CachedAnswer:
 
 
 def plain_response(
-    http: web.Request,
+    http: HttpRequest,
     document: dict[str, Any] | None,
     json_body: bytes | None,
     headers: dict[str, str],
@@ -84,6 +86,26 @@ def plain_response(
     # The type given to the constructor is set as the header directly; set afterwards, it is
     # parsed and rebuilt (``headers`` never carries one here: they are the route headers).
     return web.Response(body=body, status=status, headers=headers, content_type=content_type)
+
+
+class StreamWriter(Protocol):
+    """Where a streamed answer's bytes go: aiohttp's response, or the front door's stream."""
+
+    async def write(self, data: bytes) -> None: ...
+    async def write_eof(self) -> None: ...
+
+
+async def start_stream(
+    http: HttpRequest, headers: dict[str, str]
+) -> tuple[web.StreamResponse, StreamWriter]:
+    """Send a streamed answer's head (status 200, ``headers``); the response to hand back to
+    the transport, and the writer for its bytes. On the front door the response only
+    describes what was sent (it is never prepared)."""
+    if isinstance(http, FrontRequest):
+        return web.StreamResponse(headers=headers), http.open_stream(200, headers)
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(http)
+    return response, response
 
 
 def error_response(

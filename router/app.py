@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from hotcold.http import BODY_TIMEOUT_S, MAX_BODY_BYTES
+from hotcold.front import FRONT, FrontHandler, FrontRequest, FrontRoutes
+from hotcold.http import BODY_TIMEOUT_S, MAX_BODY_BYTES, HttpRequest
+from hotcold.wire.schema import PATHS
 from router.admin import admin_app
 from router.cache import ResponseCache
 from router.classify import Classifier
@@ -45,7 +47,7 @@ from router.handlers import (
 from router.http1 import Http1Client
 from router.live_keys import FileTenantStore, MemoryTenantStore, TenantDirectory, TenantStore
 from router.metrics import RouterMetrics
-from router.middlewares import request_middleware
+from router.middlewares import answer_inference, request_middleware
 from router.models import ModelRoutes
 from router.openapi import openapi_json
 from router.parts import PARTS, RouterParts
@@ -281,6 +283,18 @@ def _parts_context(
     return context
 
 
+def _front(
+    api: str, handler: Callable[[HttpRequest], Awaitable[web.StreamResponse]]
+) -> FrontHandler:
+    """A front-door handler: the inference request's whole treatment (the middleware's)
+    around the route's handler."""
+
+    async def answer(request: FrontRequest) -> web.StreamResponse:
+        return await answer_inference(request, api, handler)
+
+    return answer
+
+
 def create_app(
     config: RouterConfig,
     *,
@@ -310,6 +324,17 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    # The same three served by the front door (hotcold/front.py) when the app runs on
+    # hotcold.serving's Server; aiohttp's routes above serve them anywhere else.
+    app[FRONT] = FrontRoutes(
+        {
+            PATHS["chat"]: _front("chat", chat_completions),
+            PATHS["completion"]: _front("completion", completions),
+            PATHS["embeddings"]: _front("embeddings", embeddings),
+        },
+        max_body_bytes=config.server.max_body_bytes,
+        body_timeout_s=config.server.body_timeout_s,
+    )
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model)
     app.router.add_get("/healthz", healthz)

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from hotcold.http import HttpRequest
 from hotcold.wire import (
     ApiError,
     BadRequest,
@@ -52,6 +53,7 @@ from router.answers import (
     plain_response,
     replay_events,
     set_model,
+    start_stream,
 )
 from router.cache import ResponseCache
 from router.catalog import ResolvedModel
@@ -189,7 +191,7 @@ class Dispatcher:
             and edge.available()
         )
 
-    async def admit(self, http: web.Request) -> str:
+    async def admit(self, http: HttpRequest) -> str:
         """Who is asking, and may they now: 401, or 429 with Retry-After. Before the body
         is read, so a refused client costs almost nothing (with fleet limits: one bounded
         Redis call, router/fleet_limits.py)."""
@@ -206,7 +208,7 @@ class Dispatcher:
         return tenant
 
     async def serve(
-        self, http: web.Request, parsed: ParsedRequest, tenant: str
+        self, http: HttpRequest, parsed: ParsedRequest, tenant: str
     ) -> web.StreamResponse:
         request = parsed.request
         now = self._clock.now()
@@ -294,7 +296,7 @@ class Dispatcher:
         return response
 
     def _from_cache(
-        self, http: web.Request, request: InferenceRequest, answer: CachedAnswer, decision: Decision
+        self, http: HttpRequest, request: InferenceRequest, answer: CachedAnswer, decision: Decision
     ) -> web.StreamResponse:
         http[DECISION] = decision
         headers = decision.headers()
@@ -307,7 +309,7 @@ class Dispatcher:
 
     async def _compute(
         self,
-        http: web.Request,
+        http: HttpRequest,
         request: InferenceRequest,
         model: ResolvedModel,
         cloud: UpstreamPool,
@@ -382,7 +384,7 @@ class Dispatcher:
 
     async def _from_pool(
         self,
-        http: web.Request,
+        http: HttpRequest,
         request: InferenceRequest,
         model: ResolvedModel,
         pool: UpstreamPool,
@@ -428,7 +430,7 @@ class Dispatcher:
 
     def _maybe_shadow(
         self,
-        http: web.Request,
+        http: HttpRequest,
         request: InferenceRequest,
         model: ResolvedModel,
         cloud: UpstreamPool,
@@ -515,7 +517,7 @@ class Dispatcher:
         self._classifier.controller.observe_queue_delay(queue_ms)
 
     def _reply(
-        self, http: web.Request, reply: UpstreamReply, decision: Decision, model: ResolvedModel
+        self, http: HttpRequest, reply: UpstreamReply, decision: Decision, model: ResolvedModel
     ) -> tuple[web.Response, CachedAnswer | None]:
         headers = decision.headers()
         public = model.public
@@ -546,34 +548,32 @@ class Dispatcher:
 
     async def _relay(
         self,
-        http: web.Request,
+        http: HttpRequest,
         request: InferenceRequest,
         upstream: Any,
         decision: Decision,
         public: str,
     ) -> tuple[web.StreamResponse, CachedAnswer | None]:
         capture = StreamCapture(request, public)
-        response = web.StreamResponse(
-            headers={**SSE_HEADERS, **decision.headers(), "X-Request-Id": http.get(REQUEST_ID, "")}
-        )
+        headers = {**SSE_HEADERS, **decision.headers(), "X-Request-Id": http.get(REQUEST_ID, "")}
         try:
-            await response.prepare(http)
+            response, writer = await start_stream(http, headers)
             try:
                 events = iter_sse_events(upstream.chunks(self._config.server.stream_idle_timeout_s))
                 async for event in events:
                     relayed = capture.feed(event)
                     if relayed is not None:
-                        await response.write(relayed)
+                        await writer.write(relayed)
                         if capture.output_started and FIRST_TOKEN_AT not in http:
                             http[FIRST_TOKEN_AT] = time.perf_counter()
                 capture.ended()  # some servers (transformers serve) end without [DONE]
             except StreamBroken as exc:
                 log.warning("stream from %s broke: %s", upstream.endpoint, exc)
                 capture.broken = True
-                await response.write(
+                await writer.write(
                     sse_event(error_body(str(exc), "upstream_error", "stream_broken"))
                 )
-            await response.write_eof()
+            await writer.write_eof()
         finally:
             upstream.close()  # no-op after a clean end; frees the upstream slot otherwise
         self._count_tokens(http, capture.usage, decision.served_by, decision.model)
@@ -581,7 +581,7 @@ class Dispatcher:
             self.release.observe_edge_model(capture.upstream_model, self._clock.now())
         return response, capture.answer(decision.served_by)
 
-    def _count_tokens(self, http: web.Request, usage: Any, served_by: str, model: str) -> None:
+    def _count_tokens(self, http: HttpRequest, usage: Any, served_by: str, model: str) -> None:
         """Metrics and cost; the tenant's token quota for what an upstream produced."""
         if not isinstance(usage, dict):
             return

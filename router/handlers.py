@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hotcold.http import read_body, respond
+from hotcold.http import HttpRequest, read_body, respond
 from hotcold.wire import Unauthorized
 from hotcold.wire.schema import Kind
 from router.access import is_admin
@@ -17,7 +17,7 @@ from router.parts import parts_of
 from router.upstream import UpstreamPool
 
 
-async def _infer(request: web.Request, kind: Kind) -> web.StreamResponse:
+async def _infer(request: HttpRequest, kind: Kind) -> web.StreamResponse:
     dispatcher = parts_of(request).dispatcher
     tenant = await dispatcher.admit(request)  # 401 / 429 before the body is read
     raw = await read_body(request)
@@ -25,15 +25,15 @@ async def _infer(request: web.Request, kind: Kind) -> web.StreamResponse:
     return await dispatcher.serve(request, parsed, tenant)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def chat_completions(request: HttpRequest) -> web.StreamResponse:
     return await _infer(request, "chat")
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
+async def completions(request: HttpRequest) -> web.StreamResponse:
     return await _infer(request, "completion")
 
 
-async def embeddings(request: web.Request) -> web.StreamResponse:
+async def embeddings(request: HttpRequest) -> web.StreamResponse:
     return await _infer(request, "embeddings")
 
 

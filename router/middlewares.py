@@ -10,11 +10,12 @@ import os
 import re
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiohttp import web
 
-from hotcold.http import Handler, error_middleware, error_response
+from hotcold.http import Handler, HttpRequest, answer_errors, error_response
 from hotcold.logs import REQUEST_ID as REQUEST_ID_CONTEXT
 from hotcold.logs import PlainFormatter, direct_handler, new_request_id
 from hotcold.wire import ServiceUnavailable
@@ -31,7 +32,7 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ROUTER_ANSWER = Decision(route="cold", cache="bypass", served_by="router")
 
 
-def _request_id(request: web.Request) -> str:
+def _request_id(request: HttpRequest) -> str:
     offered = request.headers.get("X-Request-Id")
     return offered if offered is not None and _CLIENT_ID.match(offered) else new_request_id()
 
@@ -92,7 +93,7 @@ _access_records = AccessRecords()
 
 
 def _log_access(
-    request: web.Request, api: str, decision: Decision, status: str, latency_s: float
+    request: HttpRequest, api: str, decision: Decision, status: str, latency_s: float
 ) -> None:
     """One access line. Called only when ``hotcold.access`` is enabled for INFO, so a router
     with the access log off (``logging.access_log: false`` or a level above INFO) builds
@@ -141,71 +142,87 @@ def _refuse_overload() -> ServiceUnavailable:
 
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The router's one middleware, three jobs in order (one layer, not three: each layer is
-    a coroutine and a wrapper per request):
+    """The router's one aiohttp middleware (one layer, not three: each layer is a coroutine
+    and a wrapper per request). Inference requests go through :func:`answer_inference`;
+    everything else gets a request id (on the answer and on every log line) and errors in
+    the OpenAI shape. (The front door, hotcold/front.py, calls :func:`answer_inference`
+    itself for the inference requests it serves.)"""
+    api = _INFERENCE_PATHS.get(request.path)
+    if api is not None:
+        return await answer_inference(request, api, handler)
+    request[REQUEST_ID] = request_id = _request_id(request)
+    context = REQUEST_ID_CONTEXT.set(request_id)
+    try:
+        response = await answer_errors(request, handler)
+    finally:
+        REQUEST_ID_CONTEXT.reset(context)
+    if not response.prepared and "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
+async def answer_inference(
+    request: HttpRequest, api: str, handler: Callable[[Any], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """An inference request, whichever transport brought it; three jobs in order:
 
     1. context: a request id (the client's ``X-Request-Id`` when well-formed) on the answer and
-       on every log line; for inference answers the route headers, the request counters and
-       latency histogram, and the access line;
-    2. errors: every failure becomes the OpenAI error shape (:func:`hotcold.http.error_middleware`);
+       on every log line, the route headers, the request counters and latency histogram, and
+       the access line;
+    2. errors: every failure becomes the OpenAI error shape (:func:`hotcold.http.answer_errors`);
     3. shedding: past ``server.max_concurrent_requests`` inference requests in flight, 503 at
        once: a fast refusal the client can retry beats queueing until memory runs out. Health,
        metrics and admin are never shed.
     """
     request[REQUEST_ID] = request_id = _request_id(request)
     context = REQUEST_ID_CONTEXT.set(request_id)  # every log line of this request carries it
-    api = _INFERENCE_PATHS.get(request.path)
     started = time.perf_counter()
     status = "cancelled"
     recorded: RequestTrace | None = None
-    parts = None if api is None else parts_of(request)
+    response: web.StreamResponse
+    parts = parts_of(request)
     try:
-        if api is None or parts is None:
-            response = await error_middleware(request, handler)
+        if parts.tracing.enabled:  # the request's span, current while it is handled
+            recorded = parts.tracing.start(request, api)
+        in_flight = parts.in_flight
+        if in_flight.count >= parts.config.server.max_concurrent_requests:
+            parts.metrics.count_refused("overloaded")
+            response = error_response(request, _refuse_overload())
         else:
-            if parts.tracing.enabled:  # the request's span, current while it is handled
-                recorded = parts.tracing.start(request, api)
-            in_flight = parts.in_flight
-            if in_flight.count >= parts.config.server.max_concurrent_requests:
-                parts.metrics.count_refused("overloaded")
-                response = error_response(request, _refuse_overload())
-            else:
-                in_flight.count += 1
-                try:
-                    response = await error_middleware(request, handler)
-                finally:
-                    in_flight.count -= 1
+            in_flight.count += 1
+            try:
+                response = await answer_errors(request, handler)
+            finally:
+                in_flight.count -= 1
         status = str(response.status)
     finally:
         decision: Decision = request.get(DECISION, ROUTER_ANSWER)
-        if parts is not None and api is not None:
-            finished = time.perf_counter()
-            first_token_at = request.get(FIRST_TOKEN_AT)  # set by a relayed stream
-            parts.metrics.count_answer(
-                api,
+        finished = time.perf_counter()
+        first_token_at = request.get(FIRST_TOKEN_AT)  # set by a relayed stream
+        parts.metrics.count_answer(
+            api,
+            (decision.route, decision.cache, decision.served_by, decision.model),
+            status,
+            finished - started,
+            finished,
+            request.get(TENANT, OTHER),
+            None if first_token_at is None else first_token_at - started,
+        )
+        if access.isEnabledFor(logging.INFO):  # a dictionary lookup when off
+            _log_access(request, api, decision, status, finished - started)
+        if recorded is not None:
+            parts.tracing.finish(
+                recorded,
                 (decision.route, decision.cache, decision.served_by, decision.model),
                 status,
-                finished - started,
-                finished,
                 request.get(TENANT, OTHER),
-                None if first_token_at is None else first_token_at - started,
             )
-            if access.isEnabledFor(logging.INFO):  # a dictionary lookup when off
-                _log_access(request, api, decision, status, finished - started)
-            if recorded is not None:
-                parts.tracing.finish(
-                    recorded,
-                    (decision.route, decision.cache, decision.served_by, decision.model),
-                    status,
-                    request.get(TENANT, OTHER),
-                )
         REQUEST_ID_CONTEXT.reset(context)
     if not response.prepared:
         headers = response.headers
         if "X-Request-Id" not in headers:
             headers["X-Request-Id"] = request_id
-        if api is not None:
-            for name, value in decision.headers().items():
-                if name not in headers:
-                    headers[name] = value
+        for name, value in decision.headers().items():
+            if name not in headers:
+                headers[name] = value
     return response

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from hotcold.front import FrontRequest
+from hotcold.http import HttpRequest
 from router.cache import ResponseCache
 from router.classify import Classifier
 from router.clock import Clock
@@ -92,8 +94,10 @@ class RouterParts:
 PARTS = web.AppKey("parts", RouterParts)
 
 
-def parts_of(request: web.Request) -> RouterParts:
+def parts_of(request: HttpRequest) -> RouterParts:
     """The parts, from any handler of the router or of its sub-applications: they live on the
     root application, first of the matched apps (``config_dict`` would build a chain of the
-    apps on every call, a few times per request)."""
+    apps on every call, a few times per request); a front-door request names its app."""
+    if isinstance(request, FrontRequest):
+        return request.app[PARTS]
     return request.match_info.apps[0][PARTS]

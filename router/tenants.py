@@ -28,8 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
+from hotcold.http import HttpRequest
 from hotcold.wire import BadRequest, RateLimited, Unauthorized
 from router.config import TENANT_PATTERN, TenantLimits, TenantsConfig
 
@@ -39,7 +38,7 @@ _BEARER = re.compile(r"^Bearer\s+(\S+)$", re.IGNORECASE)
 MAX_KEY_CHARS = 512
 
 
-def bearer_token(http: web.Request) -> str | None:
+def bearer_token(http: HttpRequest) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None."""
     match = _BEARER.match(http.headers.get("Authorization", ""))
     return match.group(1) if match else None
@@ -64,7 +63,7 @@ class Authenticator:
     def open_mode(self) -> bool:
         return not self._by_digest and not self._require_keys
 
-    def tenant(self, http: web.Request) -> str:
+    def tenant(self, http: HttpRequest) -> str:
         """The request's tenant, or 401 in the OpenAI shape."""
         if self.open_mode:
             offered = http.headers.get("X-Tenant")

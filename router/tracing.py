@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hotcold.http import HttpRequest
 from hotcold.logs import TRACE_ID
 from hotcold.otel import MISSING_EXTRA, TracingUnavailable, trace_id_of, tracer_provider
 from hotcold.wire.schema import InferenceRequest
@@ -58,13 +59,13 @@ class Tracing:
 
     enabled = False
 
-    def start(self, http: web.Request, api: str) -> RequestTrace | None:
+    def start(self, http: HttpRequest, api: str) -> RequestTrace | None:
         return None
 
-    def describe(self, http: web.Request, request: InferenceRequest) -> None:
+    def describe(self, http: HttpRequest, request: InferenceRequest) -> None:
         return None
 
-    def usage(self, http: web.Request, prompt: int | None, completion: int | None) -> None:
+    def usage(self, http: HttpRequest, prompt: int | None, completion: int | None) -> None:
         return None
 
     def finish(
@@ -122,7 +123,7 @@ class OtelTracing(Tracing):
 
     # ---- the request -----------------------------------------------------------------------
 
-    def start(self, http: web.Request, api: str) -> RequestTrace | None:
+    def start(self, http: HttpRequest, api: str) -> RequestTrace | None:
         """The request's SERVER span, current for everything its handler does."""
         trace = self._trace
         parent = self._propagator.extract(http.headers)
@@ -142,7 +143,7 @@ class OtelTracing(Tracing):
         http[TRACE] = recorded
         return recorded
 
-    def describe(self, http: web.Request, request: InferenceRequest) -> None:
+    def describe(self, http: HttpRequest, request: InferenceRequest) -> None:
         """What the client asked for, once the body is parsed."""
         recorded = http.get(TRACE)
         if recorded is None:
@@ -159,7 +160,7 @@ class OtelTracing(Tracing):
             span.set_attribute("gen_ai.request.temperature", temperature)
         span.set_attribute("hotcold.stream", request.stream)
 
-    def usage(self, http: web.Request, prompt: int | None, completion: int | None) -> None:
+    def usage(self, http: HttpRequest, prompt: int | None, completion: int | None) -> None:
         recorded = http.get(TRACE)
         if recorded is None:
             return

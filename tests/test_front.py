@@ -1,0 +1,339 @@
+"""The front door (hotcold/front.py): the router's inference routes served by its own HTTP/1.1
+protocol, every other route handed to aiohttp, against real servers over raw TCP where the
+bytes on the wire matter (keep-alive, pipelining, pieces, limits, shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import orjson
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hotcold.front import FRONT, FrontRoutes
+from hotcold.http import MAX_BODY_BYTES, HttpRequest, read_body
+from hotcold.serving import Server
+from router import create_app
+from router.config import build_config
+from router.parts import PARTS
+from tests.conftest import StubFactory, router_settings
+from tests.support import wait_for
+
+CHAT = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def post(body: bytes = CHAT, *, request_id: str = "", extra: bytes = b"") -> bytes:
+    rid = b"X-Request-Id: %s\r\n" % request_id.encode() if request_id else b""
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"%s%sContent-Length: %d\r\n\r\n%s" % (rid, extra, len(body), body)
+    )
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class _Parsed:
+    answers: list[Answer] = field(default_factory=list)
+    names: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    parser: Any = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.names.append(name)
+        self.values.append(value)
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        headers = {
+            n.decode().lower(): v.decode() for n, v in zip(self.names, self.values, strict=True)
+        }
+        self.answers.append(Answer(self.parser.get_status_code(), headers, bytes(self.body)))
+        self.names, self.values, self.body = [], [], bytearray()
+
+
+class Wire:
+    """A raw client connection that reads answers with a real HTTP parser."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self._parsed = _Parsed()
+        self._parsed.parser = httptools.HttpResponseParser(self._parsed)
+
+    @classmethod
+    async def open(cls, server: Server) -> Wire:
+        return cls(*await asyncio.open_connection("127.0.0.1", server.port))
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answers(self, count: int) -> list[Answer]:
+        """The next ``count`` answers (a hang fails the test)."""
+        async with asyncio.timeout(30):
+            while len(self._parsed.answers) < count:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise ConnectionError(f"closed after {len(self._parsed.answers)} answers")
+                self._parsed.parser.feed_data(data)
+        taken, self._parsed.answers = (
+            self._parsed.answers[:count],
+            self._parsed.answers[count:],
+        )
+        return taken
+
+    async def closed(self) -> bool:
+        """True when the server closes the connection without sending anything more."""
+        async with asyncio.timeout(30):
+            ended = await self.reader.read() == b""
+        self.writer.close()
+        return ended
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.fixture
+async def routed(stub: StubFactory) -> AsyncIterator[Server]:
+    cloud = await stub()
+    settings_ = router_settings([cloud.url], server={"max_body_bytes": 4096, "body_timeout_s": 0.5})
+    server = Server(create_app(build_config(settings_)), "127.0.0.1", 0, shutdown_timeout_s=5)
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def test_a_kept_alive_connection_serves_inference_then_other_routes(
+    routed: Server,
+) -> None:
+    wire = await Wire.open(routed)
+    await wire.send(post(request_id="first"))
+    (first,) = await wire.answers(1)
+    assert first.status == 200 and first.headers["x-request-id"] == "first"
+    assert first.headers["x-served-by"] == "cloud" and "connection" not in first.headers
+    assert orjson.loads(first.body)["object"] == "chat.completion"
+    assert routed.connection_count == 1
+    # The same connection asks for health, then for inference again: aiohttp takes it over.
+    await wire.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    (health,) = await wire.answers(1)
+    assert health.status == 200 and orjson.loads(health.body) == {"status": "ok"}
+    await wire.send(post(request_id="third"))
+    (third,) = await wire.answers(1)
+    assert third.status == 200 and third.headers["x-request-id"] == "third"
+    assert routed.connection_count == 1
+    wire.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(routed: Server) -> None:
+    wire = await Wire.open(routed)
+    await wire.send(b"".join(post(request_id=f"r{i}") for i in range(5)))
+    answers = await wire.answers(5)
+    assert [a.headers["x-request-id"] for a in answers] == [f"r{i}" for i in range(5)]
+    assert all(a.status == 200 for a in answers)
+    wire.close()
+
+
+async def test_another_route_pipelined_behind_an_inference_request_is_refused(
+    routed: Server,
+) -> None:
+    wire = await Wire.open(routed)
+    await wire.send(post(request_id="ok") + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    ok, refused = await wire.answers(2)
+    assert ok.status == 200 and ok.headers["x-request-id"] == "ok"
+    assert refused.status == 400 and refused.headers["connection"] == "close"
+    assert orjson.loads(refused.body)["error"]["code"] == "pipelining_not_supported"
+    assert await wire.closed()
+
+
+async def test_a_body_sent_after_100_continue_and_a_chunked_body(routed: Server) -> None:
+    wire = await Wire.open(routed)
+    head = post(extra=b"Expect: 100-continue\r\n")
+    cut = head.index(b"\r\n\r\n") + 4
+    await wire.send(head[:cut])
+    async with asyncio.timeout(30):
+        interim = await wire.reader.readuntil(b"\r\n\r\n")
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    await wire.send(head[cut:])
+    (answer,) = await wire.answers(1)
+    assert answer.status == 200
+    chunked = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/json\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (CHAT[:10], CHAT[10:]))
+        + b"0\r\n\r\n"
+    )
+    await wire.send(chunked)
+    (answer,) = await wire.answers(1)
+    assert answer.status == 200
+    wire.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+async def test_a_body_over_the_limit_is_413_and_the_connection_closed(
+    routed: Server, chunked: bool
+) -> None:
+    body = b'{"model": "m", "pad": "' + b"x" * 5000 + b'"}'
+    if chunked:
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        )
+    else:
+        request = post(body)
+    wire = await Wire.open(routed)
+    await wire.send(request)
+    (answer,) = await wire.answers(1)
+    assert answer.status == 413 and answer.headers["connection"] == "close"
+    assert orjson.loads(answer.body)["error"]["type"] == "invalid_request_error"
+    assert await wire.closed()
+
+
+async def test_a_body_that_stops_arriving_is_408(routed: Server) -> None:
+    wire = await Wire.open(routed)
+    request = post()
+    await wire.send(request[:-10])  # the head and most of the body; the rest never comes
+    (answer,) = await wire.answers(1)
+    assert answer.status == 408
+    assert orjson.loads(answer.body)["error"]["code"] == "body_timeout"
+    wire.close()
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        post(extra=b"X-Long: " + b"a" * 9000 + b"\r\n"),
+        post(extra=b"".join(b"X-H%d: v\r\n" % i for i in range(150))),
+        b"POST /v1/chat/completions?" + b"u" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    ],
+    ids=["long header", "too many headers", "9 KB URL", "two lengths"],
+)
+async def test_parse_errors_on_an_inference_route_are_in_the_openai_shape(
+    routed: Server, request_head: bytes
+) -> None:
+    wire = await Wire.open(routed)
+    await wire.send(request_head)
+    (answer,) = await wire.answers(1)
+    assert answer.status == 400 and answer.headers["content-type"] == "application/json"
+    assert re.fullmatch(r"[0-9a-f]{32}", answer.headers["x-request-id"])
+    error = orjson.loads(answer.body)["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "bad_http_request"
+    assert await wire.closed()
+
+
+async def test_shutdown_finishes_answers_in_flight_and_closes_idle_connections(
+    stub: StubFactory,
+) -> None:
+    cloud = await stub(ttft_ms=300)
+    app = create_app(build_config(router_settings([cloud.url])))
+    server = Server(app, "127.0.0.1", 0, shutdown_timeout_s=10)
+    await server.start()
+    closing = None
+    try:
+        parts = server.app[PARTS]
+        busy, idle = await Wire.open(server), await Wire.open(server)
+        await idle.send(post())
+        await idle.answers(1)
+        await busy.send(post(request_id="in-flight"))
+        await wait_for(lambda: parts.in_flight.count == 1, message="the request is in flight")
+        closing = asyncio.create_task(server.close())
+        (answer,) = await busy.answers(1)
+        assert answer.status == 200 and answer.headers["x-request-id"] == "in-flight"
+        assert answer.headers["connection"] == "close"
+        assert await busy.closed() and await idle.closed()
+    finally:
+        await (closing or server.close())
+
+
+async def test_a_client_that_leaves_cancels_its_request(stub: StubFactory) -> None:
+    cloud = await stub(ttft_ms=5000)
+    server = Server(create_app(build_config(router_settings([cloud.url]))), "127.0.0.1", 0)
+    await server.start()
+    try:
+        parts = server.app[PARTS]
+        wire = await Wire.open(server)
+        await wire.send(post())
+        await wait_for(lambda: parts.in_flight.count == 1, message="the request is in flight")
+        wire.close()
+        await wait_for(lambda: parts.in_flight.count == 0, message="its handler is cancelled")
+        await wait_for(lambda: server.connection_count == 0, message="the connection is gone")
+    finally:
+        await server.close()
+
+
+# ---- the protocol alone, with a trivial handler: bytes in any pieces -------------------------
+
+
+async def _echo(request: HttpRequest) -> web.StreamResponse:
+    body = await read_body(request)
+    return web.Response(body=body[::-1], headers={"X-Path": request.path})
+
+
+async def _other(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="aiohttp")
+
+
+def _echo_app() -> web.Application:
+    """/echo on the front door (and on aiohttp, for a connection handed over to it)."""
+    app = web.Application()
+    app[FRONT] = FrontRoutes({"/echo": _echo}, max_body_bytes=1 << 16, body_timeout_s=5)
+    app[MAX_BODY_BYTES] = 1 << 16
+    app.router.add_get("/other", _other)
+    app.router.add_post("/echo", _echo)
+    return app
+
+
+def _echo_request(body: bytes) -> bytes:
+    return b"POST /echo?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bodies=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(min_value=1, max_value=2000), max_size=6),
+    other_first=st.booleans(),
+)
+def test_requests_split_in_any_pieces_get_the_same_answers(
+    bodies: list[bytes], cuts: list[int], other_first: bool
+) -> None:
+    """Whatever pieces the bytes arrive in (request lines cut anywhere, pipelined requests
+    sharing a piece), each request gets its own answer, in order; a first request for
+    another route is served by aiohttp on the same connection."""
+    stream = b"".join(_echo_request(body) for body in bodies)
+    if other_first:
+        stream = b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n" + stream
+
+    async def run() -> list[Answer]:
+        server = Server(_echo_app(), "127.0.0.1", 0, shutdown_timeout_s=1)
+        await server.start()
+        try:
+            wire = await Wire.open(server)
+            points = sorted({c for c in cuts if c < len(stream)})
+            for start, end in zip([0, *points], [*points, len(stream)], strict=True):
+                await wire.send(stream[start:end])
+            answers = await wire.answers(len(bodies) + other_first)
+            wire.close()
+            return answers
+        finally:
+            await server.close()
+
+    answers = asyncio.run(run())
+    if other_first:
+        assert answers.pop(0).body == b"aiohttp"
+    assert [a.body for a in answers] == [body[::-1] for body in bodies]
+    assert all(a.status == 200 and a.headers["x-path"] == "/echo" for a in answers)
