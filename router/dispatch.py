@@ -340,8 +340,9 @@ class Dispatcher:
                 route=verdict.route,
                 edge_configured=edge is not None,
                 edge_allowed=model.entry.edge_allowed,
-                edge_can_answer=edge_can_answer(request),
-                edge_has_room=edge is not None and edge.available(),
+                # Asked only where the plan reads them (an eligible hot request).
+                edge_can_answer=eligible and edge_can_answer(request),
+                edge_has_room=eligible and edge is not None and edge.available(),
                 edge_earned=standing is None or standing.earned,
                 edge_fast_enough=standing is None or standing.fast_enough,
             )

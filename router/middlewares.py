@@ -222,7 +222,7 @@ async def answer_inference(
         headers = response.headers
         if "X-Request-Id" not in headers:
             headers["X-Request-Id"] = request_id
-        for name, value in decision.headers().items():
-            if name not in headers:
-                headers[name] = value
+        if "X-Route" not in headers:  # the dispatcher's own answers carry all three already
+            for name, value in decision.headers().items():
+                headers.setdefault(name, value)
     return response
