@@ -13,6 +13,8 @@ keep-alive connections:
 - hotcold forwarding a sampled request (temperature 0.7: never cached, always forwarded),
   with its default configuration (INFO logging and the access log on, to a file);
 - hotcold answering from its cache (temperature 0: the same request, a hit after the first);
+- the same two with the inference routes on aiohttp's server (``server.front_door: false``):
+  what the front door (hotcold/front.py) saves, side by side;
 - hotcold with ``server.workers`` 2 (several processes on one listening socket), both paths;
 - vLLM's router ``vllm-router`` (Rust) and the LiteLLM proxy (one worker), when installed:
   ``--install-peers`` puts each in its own virtual environment under ``.cache/peers``; a peer
@@ -258,13 +260,13 @@ def start_servers(
         )
     ]
 
-    def hotcold(name: str, *extra: str) -> tuple[str, int]:
+    def hotcold(name: str, *extra: str, env: dict[str, str] | None = None) -> tuple[str, int]:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         argv = _python(
             "router", "--port", str(port), "--cloud-endpoint", upstream, *extra, python=python
         )
-        processes.append(Process(name, argv, url + "/healthz", {}))
+        processes.append(Process(name, argv, url + "/healthz", env or {}))
         processes[-1].wait_ready(60)
         return url + "/v1/chat/completions", processes[-1].proc.pid
 
@@ -283,6 +285,10 @@ def start_servers(
     one, pid = hotcold("hotcold")
     targets.append(Target("hotcold, forwarded", one, SAMPLED, pid=pid))
     targets.append(Target("hotcold, cache hit", one, DETERMINISTIC, pid=pid))
+    # The same router with its inference routes on aiohttp's server: what the front door saves.
+    aio, pid = hotcold("hotcold-aiohttp", env={"HOTCOLD_FRONT_DOOR": "false"})
+    targets.append(Target("hotcold on aiohttp's server, forwarded", aio, SAMPLED, pid=pid))
+    targets.append(Target("hotcold on aiohttp's server, cache hit", aio, DETERMINISTIC, pid=pid))
     if workers > 1:
         many, pid = hotcold(f"hotcold-{workers}w", "--workers", str(workers))
         name = f"hotcold {workers} workers"
@@ -438,6 +444,14 @@ def ratios(targets: list[Target]) -> list[tuple[str, str, float | None, str]]:
     if vllm is not None:
         added = vllm.cells[1].median("p50_ms") - direct.cells[1].median("p50_ms")
         rows.append(("vllm-router: added p50 @1 over direct", "ms", added, ""))
+    for path, name, ours in (
+        ("forwarding", "forwarded", forwarded),
+        ("cache-hit", "cache hit", hit),
+    ):
+        theirs = _find(targets, f"hotcold on aiohttp's server, {name}")
+        if theirs is not None:
+            what = f"front door vs aiohttp's server, {path} CPU/req @16"
+            rows.append((what, "x", ratio(ours, theirs, 16, "cpu_us"), ""))
     many = _find(targets, "hotcold 2 workers, forwarded")
     if many is not None:
         rows.append(

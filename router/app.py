@@ -326,15 +326,16 @@ def create_app(
     app.router.add_post("/v1/embeddings", embeddings)
     # The same three served by the front door (hotcold/front.py) when the app runs on
     # hotcold.serving's Server; aiohttp's routes above serve them anywhere else.
-    app[FRONT] = FrontRoutes(
-        {
-            PATHS["chat"]: _front("chat", chat_completions),
-            PATHS["completion"]: _front("completion", completions),
-            PATHS["embeddings"]: _front("embeddings", embeddings),
-        },
-        max_body_bytes=config.server.max_body_bytes,
-        body_timeout_s=config.server.body_timeout_s,
-    )
+    if config.server.front_door:
+        app[FRONT] = FrontRoutes(
+            {
+                PATHS["chat"]: _front("chat", chat_completions),
+                PATHS["completion"]: _front("completion", completions),
+                PATHS["embeddings"]: _front("embeddings", embeddings),
+            },
+            max_body_bytes=config.server.max_body_bytes,
+            body_timeout_s=config.server.body_timeout_s,
+        )
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model)
     app.router.add_get("/healthz", healthz)

@@ -73,6 +73,11 @@ class ServerConfig(_Frozen):
     """router processes sharing the port (SO_REUSEPORT; Linux): more cores for forwarding, but
     each keeps its own cache, sketch, counters and /metrics (a fleet's Redis shares the policy
     and the frequencies, not the cache). See docs/benchmarks.md for when it pays"""
+    front_door: bool = setting(True, env="HOTCOLD_FRONT_DOOR")
+    """true: the inference routes are served by the front door (hotcold/front.py: httptools'
+    parser, the body held whole, one write per answer; about 40 µs less CPU per request than
+    aiohttp's server, docs/benchmarks.md); false: by aiohttp's server like every other route
+    (the same answers; a fallback)"""
     max_body_bytes: int = Field(default=4 * MiB, ge=1024)
     """bytes (4 MiB); a larger request body is refused with 413 before it is read when it declares
     its length, while reading otherwise

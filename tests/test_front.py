@@ -337,3 +337,22 @@ def test_requests_split_in_any_pieces_get_the_same_answers(
         assert answers.pop(0).body == b"aiohttp"
     assert [a.body for a in answers] == [body[::-1] for body in bodies]
     assert all(a.status == 200 and a.headers["x-path"] == "/echo" for a in answers)
+
+
+async def test_with_the_front_door_off_aiohttp_serves_the_inference_routes(
+    stub: StubFactory,
+) -> None:
+    cloud = await stub()
+    config = build_config(router_settings([cloud.url], server={"front_door": False}))
+    server = Server(create_app(config), "127.0.0.1", 0, shutdown_timeout_s=1)
+    await server.start()
+    try:
+        wire = await Wire.open(server)
+        await wire.send(post(request_id="via-aiohttp"))
+        (answer,) = await wire.answers(1)
+        assert answer.status == 200 and answer.headers["x-request-id"] == "via-aiohttp"
+        assert answer.headers["x-served-by"] == "cloud"
+        assert "aiohttp" in answer.headers["server"]  # the front door sends no Server header
+        wire.close()
+    finally:
+        await server.close()
