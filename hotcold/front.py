@@ -255,14 +255,12 @@ def _status_line(status: int, reason: str | None = None) -> bytes:
     return line
 
 
-def _head(status_line: bytes, headers: Mapping[str, str], extra: bytes) -> list[bytes]:
-    parts = [status_line]
-    for name, value in headers.items():
-        if "\n" in value or "\r" in value:  # never let a value split the head
-            raise ValueError(f"newline in the value of header {name}")
-        parts.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-    parts.append(extra)
-    return parts
+def _head(status_line: bytes, headers: Mapping[str, str], extra: bytes) -> bytes:
+    """A whole answer head: the status line, ``headers``, then ``extra`` (ending the head)."""
+    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+        raise ValueError("a header name or value holds a line break")  # never split the head
+    return status_line + lines.encode("latin-1") + extra
 
 
 def error_answer(status: int, message: str, code: str, *, close: bool = True) -> bytes:
@@ -275,7 +273,7 @@ def error_answer(status: int, message: str, code: str, *, close: bool = True) ->
         b"Content-Length: %d\r\nDate: %s\r\n%s\r\n"
         % (len(body), _Clock.date(), b"Connection: close\r\n" if close else b""),
     )
-    return b"".join(head) + body
+    return head + body
 
 
 class FrontStream:
@@ -296,7 +294,7 @@ class FrontStream:
             _Clock.date(),
             b"" if connection.keeps(request) else b"Connection: close\r\n",
         )
-        connection.write(b"".join(_head(_status_line(status), headers, extra)))
+        connection.write(_head(_status_line(status), headers, extra))
         self.ended = False
 
     async def write(self, data: bytes) -> None:
@@ -531,9 +529,12 @@ class FrontConnection(asyncio.Protocol):
             b"" if "Content-Type" in headers else b"Content-Type: application/octet-stream\r\n",
             b"" if keep else b"Connection: close\r\n",
         )
-        parts = _head(_status_line(response.status, _reason(response)), headers, extra)
-        parts.append(bytes(body))
-        self.write(b"".join(parts))
+        head = _head(_status_line(response.status, _reason(response)), headers, extra)
+        if len(body) <= 65536:
+            self.write(head + body)  # one send
+        else:
+            self.write(head)  # a large body is not copied
+            self.write(bytes(body))
 
     def _next(self) -> None:
         """After an answer: the next pipelined request, an owed refusal, held bytes of
