@@ -331,6 +331,8 @@ class FrontConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._refused: bytes | None = None  # an error answer owed after the in-flight ones
+        self._past_head = False  # the current request's head is complete
+        self._head_bytes = 0  # bytes received since the last complete head (bounded)
 
     # ---- asyncio.Protocol -----------------------------------------------------------------
 
@@ -357,14 +359,17 @@ class FrontConnection(asyncio.Protocol):
                 else:
                     self._hand_over(data)
                 return
+        if not self._past_head:  # the parser keeps a head's pieces until it is complete
+            self._head_bytes += len(data)
+            if self._head_bytes > self._server.max_head_bytes:
+                self._refuse(400, "the request's head is too large", "bad_http_request")
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported here", "bad_http_request")
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as exc:  # a callback's _Refused arrives as one too
             self._refuse(400, f"malformed HTTP request: {exc}", "bad_http_request")
-        except _Refused:
-            pass  # the answer is owed (self._refused)
 
     def eof_received(self) -> bool:
         return False  # a client that half-closes is done: close our side too
@@ -419,6 +424,8 @@ class FrontConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._past_head = True
+        self._head_bytes = 0
         url = self._url.decode("latin-1")
         path, _, query = url.partition("?")
         handler = self._routes.handlers.get(path)
@@ -463,6 +470,7 @@ class FrontConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._past_head = False
         request = self._parsing
         self._parsing = None
         if request is not None:
@@ -695,6 +703,12 @@ class FrontServer:
     max_line_bytes: int
     max_headers: int
     connections: set[FrontConnection] = field(default_factory=set)
+
+    @property
+    def max_head_bytes(self) -> int:
+        """The most a request head may take (its request line and every header line at
+        their bounds): the parser's buffer for an unfinished head stays within it."""
+        return self.max_line_bytes * (self.max_headers + 2)
 
     def protocol(self) -> FrontConnection:
         return FrontConnection(self)

@@ -5,6 +5,7 @@ bytes on the wire matter (keep-alive, pipelining, pieces, limits, shutdown)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -234,6 +235,19 @@ async def test_parse_errors_on_an_inference_route_are_in_the_openai_shape(
     error = orjson.loads(answer.body)["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "bad_http_request"
     assert await wire.closed()
+
+
+async def test_a_head_that_never_ends_is_refused_within_its_bound(routed: Server) -> None:
+    """A header line growing without end is refused once the head passes what the line and
+    header bounds allow (the parser would otherwise keep all of it)."""
+    wire = await Wire.open(routed)
+    endless = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Endless: "
+    with contextlib.suppress(ConnectionError):
+        for _ in range(40):  # 2.6 MB in all, far past the bound (8190 x 102 bytes)
+            await wire.send(endless if _ == 0 else b"a" * 65536)
+    (answer,) = await wire.answers(1)
+    assert answer.status == 400
+    assert orjson.loads(answer.body)["error"]["code"] == "bad_http_request"
 
 
 async def test_shutdown_finishes_answers_in_flight_and_closes_idle_connections(
