@@ -415,10 +415,12 @@ class Dispatcher:
     def _observe_producer(
         self, decision: Decision, answer: CachedAnswer | None, started: float
     ) -> None:
-        """The answer's time and tokens, for the edge's latency budget and gray release."""
+        """The answer's time and tokens, for the edge's latency budget and gray release
+        (recorded once the answer is out, as the token counts are)."""
         now = self._clock.now()
         tokens = (answer.usage or {}).get("completion_tokens") if answer is not None else None
-        self.release.observe(
+        asyncio.get_running_loop().call_soon(
+            self.release.observe,
             decision.model,
             decision.served_by,
             answer is not None,
@@ -583,24 +585,33 @@ class Dispatcher:
         return response, capture.answer(decision.served_by)
 
     def _count_tokens(self, http: HttpRequest, usage: Any, served_by: str, model: str) -> None:
-        """Metrics and cost; the tenant's token quota for what an upstream produced."""
+        """Metrics and cost; the tenant's token quota for what an upstream produced. Counted
+        once the answer is out (the loop's next turn, before it reads another request: see
+        :func:`router.middlewares.answer_inference`); the span gets the usage now."""
         if not isinstance(usage, dict):
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        upstream = 0
-        tenant = http.get(TENANT, OTHER)
-        if isinstance(prompt, int) and prompt >= 0:
-            self._metrics.count_tokens("in", served_by, model, prompt, tenant)
-            upstream += prompt
-        if isinstance(completion, int) and completion >= 0:
-            self._metrics.count_tokens("out", served_by, model, completion, tenant)
-            upstream += completion
         if self.tracing.enabled:
             self.tracing.usage(
                 http,
                 prompt if isinstance(prompt, int) else None,
                 completion if isinstance(completion, int) else None,
             )
-        if served_by != "cache" and TENANT in http:
+        asyncio.get_running_loop().call_soon(
+            self._account_tokens, prompt, completion, served_by, model, http.get(TENANT)
+        )
+
+    def _account_tokens(
+        self, prompt: Any, completion: Any, served_by: str, model: str, tenant: str | None
+    ) -> None:
+        upstream = 0
+        label = OTHER if tenant is None else tenant
+        if isinstance(prompt, int) and prompt >= 0:
+            self._metrics.count_tokens("in", served_by, model, prompt, label)
+            upstream += prompt
+        if isinstance(completion, int) and completion >= 0:
+            self._metrics.count_tokens("out", served_by, model, completion, label)
+            upstream += completion
+        if served_by != "cache" and tenant is not None:
             limits = self.fleet_limits or self.tenants
-            limits.debit_tokens(http[TENANT], upstream, self._clock.now())
+            limits.debit_tokens(tenant, upstream, self._clock.now())

@@ -22,7 +22,7 @@ from hotcold.wire import ServiceUnavailable
 from hotcold.wire.schema import PATHS
 from router.dispatch import DECISION, FIRST_TOKEN_AT, REQUEST_ID, TENANT, Decision
 from router.metrics import OTHER
-from router.parts import parts_of
+from router.parts import RouterParts, parts_of
 from router.tracing import RequestTrace
 
 access = logging.getLogger("hotcold.access")  # one line per inference answer
@@ -132,6 +132,30 @@ def _log_access(
     access.handle(record)
 
 
+def _account(
+    parts: RouterParts,
+    request: HttpRequest,
+    api: str,
+    decision: Decision,
+    status: str,
+    latency_s: float,
+    finished: float,
+    first_token_s: float | None,
+) -> None:
+    """An answered inference request's counters, latency histograms and access line."""
+    parts.metrics.count_answer(
+        api,
+        (decision.route, decision.cache, decision.served_by, decision.model),
+        status,
+        latency_s,
+        finished,
+        request.get(TENANT, OTHER),
+        first_token_s,
+    )
+    if access.isEnabledFor(logging.INFO):  # a dictionary lookup when off
+        _log_access(request, api, decision, status, latency_s)
+
+
 def _refuse_overload() -> ServiceUnavailable:
     return ServiceUnavailable(
         "the router is at its concurrent request limit; retry shortly",
@@ -199,17 +223,21 @@ async def answer_inference(
         decision: Decision = request.get(DECISION, ROUTER_ANSWER)
         finished = time.perf_counter()
         first_token_at = request.get(FIRST_TOKEN_AT)  # set by a relayed stream
-        parts.metrics.count_answer(
+        # The counters and the access line once the answer is out: they change nothing the
+        # client gets, and with one request at a time they were on its path. The callback runs
+        # before the loop reads anything new (a scrape sees every answer already sent), in a
+        # copy of this context (its log lines keep the request id).
+        asyncio.get_running_loop().call_soon(
+            _account,
+            parts,
+            request,
             api,
-            (decision.route, decision.cache, decision.served_by, decision.model),
+            decision,
             status,
             finished - started,
             finished,
-            request.get(TENANT, OTHER),
             None if first_token_at is None else first_token_at - started,
         )
-        if access.isEnabledFor(logging.INFO):  # a dictionary lookup when off
-            _log_access(request, api, decision, status, finished - started)
         if recorded is not None:
             parts.tracing.finish(
                 recorded,
