@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 
+from hotcold.deadline import deadline
 from router import http1
 from router.breaker import BreakerParams, CircuitBreaker
 from router.clock import Clock
@@ -103,7 +104,7 @@ class UpstreamStream:
         yield self._first
         while True:
             try:
-                async with asyncio.timeout(idle_timeout_s):
+                with deadline(idle_timeout_s):
                     chunk = await self._response.readany()
             except TimeoutError as exc:
                 self._finish(f"no data for {idle_timeout_s}s mid-stream")
@@ -302,7 +303,7 @@ class UpstreamPool:
         try:
             # The whole attempt is bounded by the request's deadline; the client bounds only a
             # new connection's set-up.
-            async with asyncio.timeout(remaining_s):
+            with deadline(remaining_s):
                 response = await self._client.post(
                     endpoint.origin, head, body, connect_timeout_s=self.config.connect_timeout_s
                 )
