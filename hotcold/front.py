@@ -33,6 +33,7 @@ import email.utils
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -43,12 +44,20 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from hotcold.wire.errors import PayloadTooLarge, RequestTimeout, error_body
+from hotcold.wire.errors import (
+    ApiError,
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+    error_body,
+)
 
 log = logging.getLogger("hotcold.front")
 T = TypeVar("T")
 
 MAX_PIPELINED = 16  # requests parsed ahead of their answers on one connection; then reads pause
+MAX_WAITING_BYTES = 1024 * 1024  # and bodies of requests waiting for their turn, in all
 
 
 class FrontClosed(ConnectionResetError):
@@ -66,13 +75,17 @@ class FrontRequest:
         "_complete",
         "_connection",
         "_declared",
+        "_encoding",
+        "_failure",
         "_parts",
+        "_queued",
         "_size",
         "_store",
         "_too_large",
         "_waiter",
         "app",
         "headers",
+        "http10",
         "keep_alive",
         "method",
         "path",
@@ -106,6 +119,11 @@ class FrontRequest:
         self._waiter: asyncio.Future[None] | None = None
         self._connection = connection
         self.stream: FrontStream | None = None  # set when the answer is streamed
+        self._failure: ApiError | None = None  # the body could not be parsed
+        self._queued = False  # parsed, waiting behind another request's answer
+        self.http10 = False  # an HTTP/1.0 client (a stream is then delimited by the close)
+        encoding = headers.get("Content-Encoding", "identity").strip().lower()
+        self._encoding = None if encoding in ("identity", "") else encoding
 
     # ---- the per-request store (aiohttp's Request is a MutableMapping too) -------------
 
@@ -148,10 +166,10 @@ class FrontRequest:
             raise PayloadTooLarge(
                 f"request body of {self._declared} bytes is over the limit of {limit}"
             )
-        if not self._complete and not self._too_large:
+        if not self._complete and not self._too_large and self._failure is None:
             self._waiter = asyncio.get_running_loop().create_future()
             if self._connection is not None:
-                self._connection.expect_continue(self)
+                self._connection.body_wanted()
             try:
                 async with asyncio.timeout(timeout_s):
                     await self._waiter
@@ -161,10 +179,13 @@ class FrontRequest:
                 ) from None
             finally:
                 self._waiter = None
+        if self._failure is not None:
+            raise self._failure
         if self._too_large or self._size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         parts = self._parts
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        return body if self._encoding is None else _decoded(body, self._encoding, limit)
 
     def _feed(self, chunk: bytes, limit: int) -> None:
         self._size += len(chunk)
@@ -180,6 +201,12 @@ class FrontRequest:
         self._complete = True
         self._wake()
 
+    def _fail(self, failure: ApiError) -> None:
+        """The rest of the body cannot be read (malformed): a reader gets ``failure``."""
+        if not self._complete:
+            self._failure = failure
+            self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -192,6 +219,27 @@ class FrontRequest:
         return self.stream
 
 
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes:
+    """A body sent with ``Content-Encoding`` gzip or deflate, decoded as aiohttp's server
+    decodes it, the size limit applying to the decoded bytes (a small bomb stays small)."""
+    if encoding in ("gzip", "x-gzip"):
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        decoder = zlib.decompressobj()
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported (gzip or deflate)",
+            code="unsupported_content_encoding",
+        )
+    try:
+        decoded = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"the body is not valid {encoding}: {exc}", code="bad_encoding") from None
+    if len(decoded) > limit:
+        raise PayloadTooLarge(f"the decoded request body is over the limit of {limit} bytes")
+    return decoded
+
+
 FrontHandler = Callable[[FrontRequest], Awaitable[web.StreamResponse]]
 
 
@@ -201,8 +249,7 @@ class FrontRoutes:
     goes to the application through aiohttp."""
 
     handlers: Mapping[str, FrontHandler]
-    max_body_bytes: int
-    body_timeout_s: float | None = None
+    max_body_bytes: int  # what a request keeps of its body (the handler's read refuses past it)
     request_lines: tuple[bytes, ...] = field(init=False)
     longest: int = field(init=False)
 
@@ -277,9 +324,9 @@ def error_answer(status: int, message: str, code: str, *, close: bool = True) ->
 
 
 class FrontStream:
-    """A streamed answer on a front connection: chunked transfer encoding; ``write`` waits
-    while the client's socket buffer is full, so a slow reader holds one buffer, not the
-    whole stream."""
+    """A streamed answer on a front connection: chunked transfer encoding (an HTTP/1.0 client
+    gets the bytes as they are, the connection's close ending them); ``write`` waits while the
+    client's socket buffer is full, so a slow reader holds one buffer, not the whole stream."""
 
     def __init__(
         self,
@@ -290,22 +337,26 @@ class FrontStream:
     ) -> None:
         self._connection = connection
         self.status = status
-        extra = b"Transfer-Encoding: chunked\r\nDate: %s\r\n%s\r\n" % (
+        self._chunked = not request.http10
+        keep = self._chunked and connection.keeps(request)
+        extra = b"%sDate: %s\r\n%s\r\n" % (
+            b"Transfer-Encoding: chunked\r\n" if self._chunked else b"",
             _Clock.date(),
-            b"" if connection.keeps(request) else b"Connection: close\r\n",
+            b"" if keep else b"Connection: close\r\n",
         )
         connection.write(_head(_status_line(status), headers, extra))
         self.ended = False
 
     async def write(self, data: bytes) -> None:
         if data:
-            self._connection.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self._connection.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
             await self._connection.drain()
 
     async def write_eof(self) -> None:
         if not self.ended:
             self.ended = True
-            self._connection.write(b"0\r\n\r\n")
+            if self._chunked:
+                self._connection.write(b"0\r\n\r\n")
 
 
 class FrontConnection(asyncio.Protocol):
@@ -333,6 +384,10 @@ class FrontConnection(asyncio.Protocol):
         self._refused: bytes | None = None  # an error answer owed after the in-flight ones
         self._past_head = False  # the current request's head is complete
         self._head_bytes = 0  # bytes received since the last complete head (bounded)
+        self._heads = 0  # request heads completed on this connection
+        self._waiting_bytes = 0  # body bytes of parsed requests waiting for their turn
+        self._raw_body = False  # an upgrade request's body: read past the parser
+        self._close_after_message = False  # answered early: read the body out, then close
 
     # ---- asyncio.Protocol -----------------------------------------------------------------
 
@@ -342,7 +397,10 @@ class FrontConnection(asyncio.Protocol):
         self._arm(self._server.header_timeout_s)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing and (self._refused is not None or not self._in_message):
+            return  # closing: only the rest of a request in progress is still read
+        if self._raw_body:
+            self._feed_raw(data)
             return
         if self._held:
             data = self._held + data
@@ -359,17 +417,20 @@ class FrontConnection(asyncio.Protocol):
                 else:
                     self._hand_over(data)
                 return
-        if not self._past_head:  # the parser keeps a head's pieces until it is complete
-            self._head_bytes += len(data)
-            if self._head_bytes > self._server.max_head_bytes:
-                self._refuse(400, "the request's head is too large", "bad_http_request")
-                return
+        heads = self._heads
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported here", "bad_http_request")
+        except httptools.HttpParserUpgrade as upgrade:
+            self._feed_raw(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:  # a callback's _Refused arrives as one too
             self._refuse(400, f"malformed HTTP request: {exc}", "bad_http_request")
+            return
+        if self._in_message and not self._past_head:
+            # The parser keeps an unfinished head's pieces (a header that never ends): bound
+            # them. A head begun in this piece has at most this piece's bytes.
+            self._head_bytes = len(data) + (self._head_bytes if heads == self._heads else 0)
+            if self._head_bytes > self._server.max_head_bytes:
+                self._refuse(400, "the request's head is too large", "bad_http_request")
 
     def eof_received(self) -> bool:
         return False  # a client that half-closes is done: close our side too
@@ -426,6 +487,7 @@ class FrontConnection(asyncio.Protocol):
         self._disarm()
         self._past_head = True
         self._head_bytes = 0
+        self._heads += 1
         url = self._url.decode("latin-1")
         path, _, query = url.partition("?")
         handler = self._routes.handlers.get(path)
@@ -457,7 +519,15 @@ class FrontConnection(asyncio.Protocol):
             self,
             int(declared) if declared is not None and declared.isdigit() else None,
         )
+        request.http10 = self._parser.get_http_version() == "1.0"
+        if self._parser.should_upgrade():
+            # Served as plain HTTP/1.1 (as aiohttp serves it): llhttp hands the body over as
+            # the upgraded protocol's bytes, read past the parser; the connection then closes.
+            request.keep_alive = False
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            self.write(_CONTINUE)  # at once, as aiohttp's server does
         self._parsing = request
+        request._queued = True
         self._queue.append(request)
         if len(self._queue) >= MAX_PIPELINED:
             self._pause_reading()
@@ -465,24 +535,66 @@ class FrontConnection(asyncio.Protocol):
             self._start_next()
 
     def on_body(self, body: bytes) -> None:
-        if self._parsing is not None:
-            self._parsing._feed(body, self._routes.max_body_bytes)
+        request = self._parsing
+        if request is not None:
+            request._feed(body, self._routes.max_body_bytes)
+            if request._queued:
+                self._waiting_bytes += len(body)
+                if self._waiting_bytes > MAX_WAITING_BYTES:
+                    self._pause_reading()  # until the requests ahead are answered
 
     def on_message_complete(self) -> None:
+        request = self._parsing
+        if request is not None and self._parser.should_upgrade():
+            declared = request._declared or 0
+            if declared > 0 and request._size < declared:
+                self._raw_body = True  # the body follows as the upgrade's bytes
+                return
         self._in_message = False
         self._past_head = False
-        request = self._parsing
         self._parsing = None
         if request is not None:
             request._finish()
-        if not self.busy and not self._closing:  # answered before its body was all here
+        if self._close_after_message:
+            self._close()
+        elif not self.busy and not self._closing:  # answered before its body was all here
             self._arm(self._server.idle_timeout_s)
+
+    def _feed_raw(self, data: bytes) -> None:
+        """An upgrade request's body, past the parser (its Content-Length bounds it)."""
+        request = self._parsing
+        if request is None or not self._raw_body:
+            return  # nothing owed to anyone: the connection closes after its answer
+        need = (request._declared or 0) - request._size
+        self.on_body(data[:need])
+        if request._size >= (request._declared or 0) or request._too_large:
+            self._raw_body = False
+            self.on_message_complete()
 
     # ---- answering --------------------------------------------------------------------------
 
     def _start_next(self) -> None:
         request = self._queue.popleft()
+        if request._queued:
+            request._queued = False
+            self._waiting_bytes -= request._size
         self._task = asyncio.get_running_loop().create_task(self._answer(request))
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        """Read again once the pipeline has room (a count and a byte bound) and no bytes of
+        another route's request wait to be handed over."""
+        if (
+            self._reading_paused
+            and not self._held
+            and len(self._queue) < MAX_PIPELINED
+            and self._waiting_bytes <= MAX_WAITING_BYTES
+        ):
+            self._resume_reading()
+
+    def body_wanted(self) -> None:
+        """A handler waits for its request's body."""
+        self._maybe_resume()
 
     async def _answer(self, request: FrontRequest) -> None:
         try:
@@ -491,9 +603,16 @@ class FrontConnection(asyncio.Protocol):
                 return
             stream = request.stream
             if stream is None:
-                self._write_response(request, response)
+                keep = self._write_response(request, response)
+                if self._write_paused:  # a client not reading its answers: wait for it
+                    await self.drain()
             elif not stream.ended:
-                await stream.write_eof()
+                # The handler failed after the stream began: end it as broken (no last chunk),
+                # never as complete.
+                self._close()
+                return
+            else:
+                keep = not request.http10 and self.keeps(request)
         except OSError as exc:  # the client went away while its answer was written
             log.debug("client connection lost on %s: %r", request.path, exc)
             self._close()
@@ -504,14 +623,24 @@ class FrontConnection(asyncio.Protocol):
                 self.write(
                     error_answer(500, "internal error; it has been logged", "internal_error")
                 )
-            self._close()  # a stream cut short: the client sees it end without its last chunk
+            self._close()
             return
         finally:
             self._task = None
-        if not request.keep_alive or request._too_large or response.keep_alive is False:
-            self._close()  # its answer said so (Connection: close)
-            return
-        self._next()
+        if keep:
+            self._next()
+        elif self._refused is not None and not self._queue:
+            self._next()  # the refusal owed after this answer, then the close
+        elif self._parsing is request and not request._complete and request._failure is None:
+            # Answered before its body was all here (401, 413, ...): read the rest of it out
+            # (bounded by the idle timeout), then close, so the client reads the answer
+            # rather than a reset.
+            self._closing = True
+            self._close_after_message = True
+            self._maybe_resume()
+            self._arm(self._server.idle_timeout_s)
+        else:
+            self._close()
 
     def keeps(self, request: FrontRequest) -> bool:
         """Whether the connection stays open after this request's answer: the client wants
@@ -519,11 +648,13 @@ class FrontConnection(asyncio.Protocol):
         pipelined request's, or the refusal of one that could not be parsed)."""
         return (
             request.keep_alive
+            and request._complete
             and not request._too_large
             and not (self._closing and not self._queue and self._refused is None)
         )
 
-    def _write_response(self, request: FrontRequest, response: web.StreamResponse) -> None:
+    def _write_response(self, request: FrontRequest, response: web.StreamResponse) -> bool:
+        """Write a whole answer; whether the connection stays open after it."""
         body = response.body if isinstance(response, web.Response) else None
         if body is None:
             body = b""
@@ -543,6 +674,7 @@ class FrontConnection(asyncio.Protocol):
         else:
             self.write(head)  # a large body is not copied
             self.write(bytes(body))
+        return keep
 
     def _next(self) -> None:
         """After an answer: the next pipelined request, an owed refusal, held bytes of
@@ -557,18 +689,12 @@ class FrontConnection(asyncio.Protocol):
         if self._closing:  # shutting down: the last answer said Connection: close
             self._close()
             return
+        # The next request's head (or the rest of a body no one read) must come in time.
+        self._arm(self._server.idle_timeout_s)
         self._resume_reading()
         if self._held and not self._in_message:
             held, self._held = self._held, b""
             self.data_received(held)
-            return
-        # The next request's head (or the rest of a body no one read) must come in time.
-        self._arm(self._server.idle_timeout_s)
-
-    def expect_continue(self, request: FrontRequest) -> None:
-        """A handler waits for the body: tell a client waiting on ``Expect: 100-continue``."""
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            self.write(_CONTINUE)
 
     # ---- the connection ---------------------------------------------------------------------
 
@@ -588,13 +714,21 @@ class FrontConnection(asyncio.Protocol):
 
     def _refuse(self, status: int, message: str, code: str) -> None:
         """Answer a request the parser could not take, after the answers already owed."""
-        if self._refused is not None:
+        if self._refused is not None or self.transport is None:
             return
         log.info("unparseable request: %s", message)
-        self._refused = error_answer(status, message, code)
         self._closing = True
         self._pause_reading()
-        if self._task is None and not self._queue:
+        request = self._parsing
+        if request is not None and self._past_head:
+            # Inside a body: its request has (or will have) its own answer, which says why.
+            request._fail(BadRequest(message, code=code))
+            self._close_after_message = False
+            if not self.busy:
+                self._close()
+            return
+        self._refused = error_answer(status, message, code)
+        if not self.busy:
             self.write(self._refused)
             self._close()
 
@@ -724,5 +858,14 @@ class FrontServer:
                 break
             await asyncio.wait(tasks, timeout=remaining)  # each answered, then the next queued
             busy = [c for c in busy if c.busy and c.transport is not None]
+        late = [c._task for c in self.connections if c._task is not None]
+        for task in late:
+            task.cancel()  # past the timeout: stopped, before the app's parts are closed
         for connection in list(self.connections):
-            connection._close()
+            transport = connection.transport
+            if transport is not None and transport.get_write_buffer_size() > 0:
+                transport.abort()  # a client not reading would hold the close forever
+            else:
+                connection._close()
+        if late:
+            await asyncio.wait(late, timeout=1.0)

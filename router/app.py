@@ -334,7 +334,6 @@ def create_app(
                 PATHS["embeddings"]: _front("embeddings", embeddings),
             },
             max_body_bytes=config.server.max_body_bytes,
-            body_timeout_s=config.server.body_timeout_s,
         )
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import re
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +20,8 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hotcold.front import FRONT, FrontRoutes
-from hotcold.http import MAX_BODY_BYTES, HttpRequest, read_body
+from hotcold.front import FRONT, MAX_PIPELINED, FrontRequest, FrontRoutes
+from hotcold.http import MAX_BODY_BYTES, HttpRequest, answer_errors, read_body
 from hotcold.serving import Server
 from router import create_app
 from router.config import build_config
@@ -305,7 +307,7 @@ async def _other(request: web.Request) -> web.StreamResponse:
 def _echo_app() -> web.Application:
     """/echo on the front door (and on aiohttp, for a connection handed over to it)."""
     app = web.Application()
-    app[FRONT] = FrontRoutes({"/echo": _echo}, max_body_bytes=1 << 16, body_timeout_s=5)
+    app[FRONT] = FrontRoutes({"/echo": _echo}, max_body_bytes=1 << 16)
     app[MAX_BODY_BYTES] = 1 << 16
     app.router.add_get("/other", _other)
     app.router.add_post("/echo", _echo)
@@ -370,3 +372,198 @@ async def test_with_the_front_door_off_aiohttp_serves_the_inference_routes(
         wire.close()
     finally:
         await server.close()
+
+
+# ---- a fresh-eyes review's cases: each failed before its fix ---------------------------------
+
+
+def _front_connections(server: Server) -> list[Any]:
+    front = server._front
+    assert front is not None
+    return list(front.connections)
+
+
+async def test_a_client_that_never_reads_its_answers_stops_being_read(routed: Server) -> None:
+    """Answers wait for a full socket buffer to drain, so the pipeline fills and reading
+    pauses for good: the server holds a bounded amount for a client that sends and never
+    reads (before, it answered every request into a growing buffer)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the
+    sock.setblocking(False)  # server's answers back up in its own buffers soon
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", routed.port))
+    wire = Wire(*await asyncio.open_connection(sock=sock))
+    wire.writer.transport.set_write_buffer_limits(high=1 << 30)  # our side buffers all
+    cached = orjson.dumps({**orjson.loads(CHAT), "temperature": 0})  # answered from the cache
+    wire.writer.write(b"".join(post(cached) for _ in range(5_000)))
+
+    def stalled() -> bool:
+        return any(
+            c._reading_paused
+            and c._write_paused
+            and c._task is not None
+            and len(c._queue) >= MAX_PIPELINED - 1
+            for c in _front_connections(routed)
+        )
+
+    await wait_for(stalled, timeout_s=60, message="the server stops reading")
+    (connection,) = _front_connections(routed)
+    totals = routed.app[PARTS].metrics.answer_totals
+    answered = sum(totals.values())
+    for _ in range(3000):  # loop turns, not time: a server still answering would go on
+        await asyncio.sleep(0)
+    assert sum(totals.values()) == answered, "nothing more is answered while nobody reads"
+    assert connection.transport.get_write_buffer_size() < 512 * 1024
+    wire.writer.transport.abort()
+
+
+async def test_a_partial_request_line_behind_an_answer_does_not_outlive_the_idle_timeout(
+    stub: StubFactory,
+) -> None:
+    cloud = await stub(ttft_ms=200)
+    config = build_config(router_settings([cloud.url], server={"idle_timeout_s": 0.3}))
+    server = Server(create_app(config), "127.0.0.1", 0, shutdown_timeout_s=1, idle_timeout_s=0.3)
+    await server.start()
+    try:
+        parts = server.app[PARTS]
+        wire = await Wire.open(server)
+        await wire.send(post())
+        await wait_for(lambda: parts.in_flight.count == 1, message="the request is in flight")
+        await wire.send(b"PO")  # the start of a request line, and nothing more
+        (answer,) = await wire.answers(1)
+        assert answer.status == 200
+        assert await wire.closed()  # the idle timeout still closes it
+    finally:
+        await server.close()
+
+
+async def test_the_last_of_a_full_pipeline_gets_its_body(routed: Server) -> None:
+    wire = await Wire.open(routed)
+    stream = b"".join(post(request_id=f"r{i}") for i in range(17))
+    await wire.send(stream[:-1])  # every request but the last byte of the 17th body
+    first = await wire.answers(16)
+    assert [a.status for a in first] == [200] * 16
+    await wire.send(stream[-1:])
+    (last,) = await wire.answers(1)
+    assert last.status == 200 and last.headers["x-request-id"] == "r16"
+    wire.close()
+
+
+async def test_shutdown_still_reads_the_body_of_a_request_in_flight(stub: StubFactory) -> None:
+    cloud = await stub()
+    app = create_app(build_config(router_settings([cloud.url])))
+    server = Server(app, "127.0.0.1", 0, shutdown_timeout_s=10)
+    await server.start()
+    closing = None
+    try:
+        parts = server.app[PARTS]
+        wire = await Wire.open(server)
+        request = post(request_id="late-body")
+        await wire.send(request[:-5])
+        await wait_for(lambda: parts.in_flight.count == 1, message="its handler waits")
+        closing = asyncio.create_task(server.close())
+        await wait_for(
+            lambda: not server._front or all(c._closing for c in server._front.connections),
+            message="shutdown has begun",
+        )
+        await wire.send(request[-5:])
+        (answer,) = await wire.answers(1)
+        assert answer.status == 200 and answer.headers["x-request-id"] == "late-body"
+    finally:
+        await (closing or server.close())
+
+
+async def _broken_stream(request: HttpRequest) -> web.StreamResponse:
+    """Fails after its stream began, behind the error handling the router's handlers have
+    (which turns the failure into an error answer no one can send any more)."""
+
+    async def handler(request: HttpRequest) -> web.StreamResponse:
+        assert isinstance(request, FrontRequest)
+        stream = request.open_stream(200, {"Content-Type": "text/event-stream"})
+        await stream.write(b"data: one\n\n")
+        raise RuntimeError("the handler fails mid-stream")
+
+    return await answer_errors(request, handler)
+
+
+async def test_a_stream_whose_handler_fails_is_not_ended_as_complete() -> None:
+    app = web.Application()
+    app[FRONT] = FrontRoutes({"/echo": _broken_stream}, max_body_bytes=1 << 16)
+    app[MAX_BODY_BYTES] = 1 << 16
+    server = Server(app, "127.0.0.1", 0, shutdown_timeout_s=1)
+    await server.start()
+    try:
+        wire = await Wire.open(server)
+        await wire.send(_echo_request(b"x"))
+        with pytest.raises(ConnectionError, match="closed after 0 answers"):
+            await wire.answers(1)  # the chunked answer never gets its last chunk
+    finally:
+        await server.close()
+
+
+async def test_an_upgrade_request_is_served_as_plain_http(routed: Server) -> None:
+    """``curl --http2`` on http:// asks for h2c; like aiohttp, the router answers in HTTP/1.1
+    (llhttp hands the body over as the upgrade's bytes: it is read all the same)."""
+    wire = await Wire.open(routed)
+    await wire.send(
+        post(extra=b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AA\r\n")
+    )
+    (answer,) = await wire.answers(1)
+    assert answer.status == 200 and answer.headers["connection"] == "close"
+    assert await wire.closed()
+
+
+async def test_a_malformed_body_gets_one_answer(routed: Server) -> None:
+    wire = await Wire.open(routed)
+    await wire.send(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5\r\n{"a":\r\nZZ\r\n'
+    )
+    (answer,) = await wire.answers(1)
+    assert answer.status == 400
+    assert await wire.closed()  # and nothing after it (a second answer would fail to parse)
+
+
+async def test_a_large_body_in_the_heads_packet_is_not_taken_for_a_large_head(
+    stub: StubFactory,
+) -> None:
+    cloud = await stub()
+    app = create_app(build_config(router_settings([cloud.url])))
+    server = Server(app, "127.0.0.1", 0, shutdown_timeout_s=1, max_header_bytes=1024, max_headers=8)
+    await server.start()
+    try:
+        wire = await Wire.open(server)
+        prompt = {"model": "m", "messages": [{"role": "user", "content": "x" * 12_000}]}
+        await wire.send(post(orjson.dumps(prompt)))
+        (answer,) = await wire.answers(1)
+        assert answer.status == 200
+        wire.close()
+    finally:
+        await server.close()
+
+
+async def test_a_gzip_body_is_decoded_as_aiohttp_decodes_it(routed: Server) -> None:
+    wire = await Wire.open(routed)
+    await wire.send(post(gzip.compress(CHAT), extra=b"Content-Encoding: gzip\r\n"))
+    (answer,) = await wire.answers(1)
+    assert answer.status == 200
+    await wire.send(post(b"\x1f\x8b not gzip", extra=b"Content-Encoding: gzip\r\n"))
+    (bad,) = await wire.answers(1)
+    assert bad.status == 400
+    wire.close()
+
+
+async def test_an_http_10_client_gets_its_stream_without_chunks(routed: Server) -> None:
+    wire = await Wire.open(routed)
+    body = orjson.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+    await wire.send(
+        b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    async with asyncio.timeout(30):
+        raw = await wire.reader.read()  # the whole answer, up to the close
+    head, _, events = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower()
+    assert events.startswith(b"data: ") and events.rstrip().endswith(b"data: [DONE]")
+    wire.close()
