@@ -42,6 +42,7 @@ from typing import Any, TypeVar, cast, overload
 import httptools
 import orjson
 from aiohttp import web
+from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from hotcold.wire.errors import (
@@ -393,6 +394,7 @@ class FrontConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        tcp_keepalive(self.transport)  # a peer gone without a word is found, as aiohttp does
         self._server.connections.add(self)
         self._arm(self._server.header_timeout_s)
 

@@ -131,6 +131,9 @@ async def test_a_kept_alive_connection_serves_inference_then_other_routes(
     assert first.headers["x-served-by"] == "cloud" and "connection" not in first.headers
     assert orjson.loads(first.body)["object"] == "chat.completion"
     assert routed.connection_count == 1
+    (connection,) = _front_connections(routed)
+    sock = connection.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)  # as aiohttp's connections
     # The same connection asks for health, then for inference again: aiohttp takes it over.
     await wire.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     (health,) = await wire.answers(1)
