@@ -45,11 +45,11 @@ from aiohttp import web
 from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from hotcold.wire.codec import decompressor
 from hotcold.wire.errors import (
     ApiError,
     BadRequest,
     PayloadTooLarge,
-    RequestTimeout,
     UnsupportedMediaType,
     error_body,
 )
@@ -123,7 +123,7 @@ class FrontRequest:
         self._failure: ApiError | None = None  # the body could not be parsed
         self._queued = False  # parsed, waiting behind another request's answer
         self.http10 = False  # an HTTP/1.0 client (a stream is then delimited by the close)
-        encoding = headers.get("Content-Encoding", "identity").strip().lower()
+        encoding = headers.get("Content-Encoding", "").strip().lower()
         self._encoding = None if encoding in ("identity", "") else encoding
 
     # ---- the per-request store (aiohttp's Request is a MutableMapping too) -------------
@@ -162,11 +162,8 @@ class FrontRequest:
 
     async def read(self, limit: int, timeout_s: float | None) -> bytes:
         """The whole body: at once when it has arrived (the usual case: a request's head and
-        body come in one packet), else waiting for the rest, at most ``timeout_s``."""
-        if self._declared is not None and self._declared > limit:
-            raise PayloadTooLarge(
-                f"request body of {self._declared} bytes is over the limit of {limit}"
-            )
+        body come in one packet), else waiting for the rest, at most ``timeout_s``
+        (``TimeoutError``). ``hotcold.http.read_body`` checks the declared length first."""
         if not self._complete and not self._too_large and self._failure is None:
             self._waiter = asyncio.get_running_loop().create_future()
             if self._connection is not None:
@@ -174,10 +171,6 @@ class FrontRequest:
             try:
                 async with asyncio.timeout(timeout_s):
                     await self._waiter
-            except TimeoutError:
-                raise RequestTimeout(
-                    f"the request body did not arrive within {timeout_s:g} s"
-                ) from None
             finally:
                 self._waiter = None
         if self._failure is not None:
@@ -223,17 +216,12 @@ class FrontRequest:
 def _decoded(body: bytes, encoding: str, limit: int) -> bytes:
     """A body sent with ``Content-Encoding`` gzip or deflate, decoded as aiohttp's server
     decodes it, the size limit applying to the decoded bytes (a small bomb stays small)."""
-    if encoding in ("gzip", "x-gzip"):
-        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        decoder = zlib.decompressobj()
-    else:
-        raise UnsupportedMediaType(
-            f"Content-Encoding {encoding!r} is not supported (gzip or deflate)",
-            code="unsupported_content_encoding",
-        )
     try:
-        decoded = decoder.decompress(body, limit + 1)
+        decoder = decompressor(encoding)
+    except ValueError as exc:
+        raise UnsupportedMediaType(str(exc), code="unsupported_content_encoding") from None
+    try:
+        decoded: bytes = decoder.decompress(body, limit + 1)
     except zlib.error as exc:
         raise BadRequest(f"the body is not valid {encoding}: {exc}", code="bad_encoding") from None
     if len(decoded) > limit:
@@ -273,9 +261,9 @@ class FrontRoutes:
 
 FRONT = web.AppKey("front_routes", FrontRoutes)
 
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 _STATUS_LINES = {
-    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
-    for status in HTTPStatus
+    code: b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode()) for code, phrase in _PHRASES.items()
 }
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -296,8 +284,9 @@ class _Clock:
 
 
 def _status_line(status: int, reason: str | None = None) -> bytes:
+    """The status line, built once per standard status and phrase."""
     line = _STATUS_LINES.get(status)
-    if line is None or reason is not None:
+    if line is None or (reason is not None and reason != _PHRASES[status]):
         text = reason if reason is not None else "Unknown"
         line = b"HTTP/1.1 %d %s\r\n" % (status, text.encode("latin-1", "replace"))
     return line
@@ -311,15 +300,15 @@ def _head(status_line: bytes, headers: Mapping[str, str], extra: bytes) -> bytes
     return status_line + lines.encode("latin-1") + extra
 
 
-def error_answer(status: int, message: str, code: str, *, close: bool = True) -> bytes:
-    """A whole answer in the OpenAI error shape, with a fresh request id."""
+def error_answer(status: int, message: str, code: str) -> bytes:
+    """A whole answer in the OpenAI error shape, with a fresh request id; the connection
+    closes after it."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = orjson.dumps(error_body(message, kind, code))
     head = _head(
         _status_line(status),
         {"Content-Type": "application/json", "X-Request-Id": uuid.uuid4().hex},
-        b"Content-Length: %d\r\nDate: %s\r\n%s\r\n"
-        % (len(body), _Clock.date(), b"Connection: close\r\n" if close else b""),
+        b"Content-Length: %d\r\nDate: %s\r\nConnection: close\r\n\r\n" % (len(body), _Clock.date()),
     )
     return head + body
 
@@ -339,11 +328,11 @@ class FrontStream:
         self._connection = connection
         self.status = status
         self._chunked = not request.http10
-        keep = self._chunked and connection.keeps(request)
+        self.keeps = self._chunked and connection.keeps(request)  # what its head says
         extra = b"%sDate: %s\r\n%s\r\n" % (
             b"Transfer-Encoding: chunked\r\n" if self._chunked else b"",
             _Clock.date(),
-            b"" if keep else b"Connection: close\r\n",
+            b"" if self.keeps else b"Connection: close\r\n",
         )
         connection.write(_head(_status_line(status), headers, extra))
         self.ended = False
@@ -385,7 +374,6 @@ class FrontConnection(asyncio.Protocol):
         self._refused: bytes | None = None  # an error answer owed after the in-flight ones
         self._past_head = False  # the current request's head is complete
         self._head_bytes = 0  # bytes received since the last complete head (bounded)
-        self._heads = 0  # request heads completed on this connection
         self._waiting_bytes = 0  # body bytes of parsed requests waiting for their turn
         self._raw_body = False  # an upgrade request's body: read past the parser
         self._close_after_message = False  # answered early: read the body out, then close
@@ -419,7 +407,6 @@ class FrontConnection(asyncio.Protocol):
                 else:
                     self._hand_over(data)
                 return
-        heads = self._heads
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -429,8 +416,9 @@ class FrontConnection(asyncio.Protocol):
             return
         if self._in_message and not self._past_head:
             # The parser keeps an unfinished head's pieces (a header that never ends): bound
-            # them. A head begun in this piece has at most this piece's bytes.
-            self._head_bytes = len(data) + (self._head_bytes if heads == self._heads else 0)
+            # them. A head completed in this piece reset the count (a new one has at most
+            # this piece's bytes).
+            self._head_bytes += len(data)
             if self._head_bytes > self._server.max_head_bytes:
                 self._refuse(400, "the request's head is too large", "bad_http_request")
 
@@ -489,7 +477,6 @@ class FrontConnection(asyncio.Protocol):
         self._disarm()
         self._past_head = True
         self._head_bytes = 0
-        self._heads += 1
         url = self._url.decode("latin-1")
         path, _, query = url.partition("?")
         handler = self._routes.handlers.get(path)
@@ -577,9 +564,8 @@ class FrontConnection(asyncio.Protocol):
 
     def _start_next(self) -> None:
         request = self._queue.popleft()
-        if request._queued:
-            request._queued = False
-            self._waiting_bytes -= request._size
+        request._queued = False
+        self._waiting_bytes -= request._size  # all it received, it received while waiting
         self._task = asyncio.get_running_loop().create_task(self._answer(request))
         self._maybe_resume()
 
@@ -614,7 +600,7 @@ class FrontConnection(asyncio.Protocol):
                 self._close()
                 return
             else:
-                keep = not request.http10 and self.keeps(request)
+                keep = stream.keeps and self.keeps(request)
         except OSError as exc:  # the client went away while its answer was written
             log.debug("client connection lost on %s: %r", request.path, exc)
             self._close()
@@ -670,7 +656,7 @@ class FrontConnection(asyncio.Protocol):
             b"" if "Content-Type" in headers else b"Content-Type: application/octet-stream\r\n",
             b"" if keep else b"Connection: close\r\n",
         )
-        head = _head(_status_line(response.status, _reason(response)), headers, extra)
+        head = _head(_status_line(response.status, response.reason), headers, extra)
         if len(body) <= 65536:
             self.write(head + body)  # one send
         else:
@@ -817,13 +803,6 @@ class FrontConnection(asyncio.Protocol):
 
 class _Refused(Exception):
     """Raised in a parser callback to stop parsing a request already answered with an error."""
-
-
-def _reason(response: web.StreamResponse) -> str | None:
-    """The response's reason phrase when it is not the standard one for its status."""
-    reason = response.reason
-    line = _STATUS_LINES.get(response.status)
-    return None if line is not None and line[13:-2] == reason.encode() else reason
 
 
 @dataclass

@@ -103,21 +103,18 @@ async def read_document(request: web.Request) -> dict[str, Any]:
 
 async def read_body(request: HttpRequest) -> bytes:
     """Read the body's bytes (not empty), refusing an oversized one before reading it when
-    we can, and a slow one past the app's ``BODY_TIMEOUT_S``."""
-    if isinstance(request, FrontRequest):
-        raw = await request.read(request.app[MAX_BODY_BYTES], request.app.get(BODY_TIMEOUT_S))
-        if not raw:
-            raise BadRequest("the request has no body", code="empty_body")
-        return raw
-    root = request.match_info.apps[0]  # sub-applications read the root's settings
+    we can, and a slow one past the app's ``BODY_TIMEOUT_S``; for either transport."""
+    # Sub-applications read the root's settings; a front-door request names its app.
+    root = request.app if isinstance(request, FrontRequest) else request.match_info.apps[0]
     limit = root[MAX_BODY_BYTES]
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
     timeout_s = root.get(BODY_TIMEOUT_S)
-    content = request.content
     try:
-        if content.is_eof():  # all of it has arrived: no wait, no timer, no read loop
+        if isinstance(request, FrontRequest):
+            raw = await request.read(limit, timeout_s)  # no wait when all of it has arrived
+        elif (content := request.content).is_eof():  # all here: no wait, timer or read loop
             raw = content.read_nowait()
             if len(raw) > limit:  # a body without a Content-Length, over the limit
                 raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")

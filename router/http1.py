@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from hotcold.wire.codec import decompressor
+
 MAX_IDLE_PER_ORIGIN = 64  # kept-alive connections waiting per upstream; more are closed
 PAUSE_AT_BYTES = 256 * 1024  # a streamed answer not yet relayed: stop reading the socket
 USER_AGENT = "hotcold"
@@ -227,15 +229,10 @@ class Response:
 
 
 def _decoder_for(encoding: str | None) -> Any:
-    if encoding is not None:
-        encoding = encoding.strip().lower()
-    if encoding is None or encoding in ("identity", ""):
-        return None
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj()
-    raise ConnectionBroken(f"the answer's content-encoding {encoding!r} is not supported")
+    try:
+        return decompressor(encoding)
+    except ValueError as exc:
+        raise ConnectionBroken(f"the answer's {exc}") from None
 
 
 class _Connection(asyncio.Protocol):

@@ -8,6 +8,7 @@ know which one the client used.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import msgpack
@@ -110,6 +111,19 @@ def _check_json_shaped(value: Any, depth: int) -> None:
             f"msgpack value of type {type(value).__name__} has no JSON equivalent",
             code="malformed_msgpack",
         )
+
+
+def decompressor(content_encoding: str | None) -> Any:
+    """A zlib decompressor for a body's ``Content-Encoding`` (gzip, x-gzip, deflate), None
+    for none or identity; ValueError for any other (each side says it its own way)."""
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("identity", ""):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise ValueError(f"content-encoding {encoding!r} is not supported (gzip or deflate)")
 
 
 def wants_msgpack(accept: str | None) -> bool:
