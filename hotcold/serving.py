@@ -310,9 +310,10 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 @asynccontextmanager
 async def serving(
-    app: web.Application, host: str = "127.0.0.1", port: int = 0
+    app: web.Application, host: str = "127.0.0.1", port: int = 0, **options: Any
 ) -> AsyncIterator[Server]:
-    server = Server(app, host, port)
+    """``app`` served while the block runs; ``options``: :class:`Server`'s keywords."""
+    server = Server(app, host, port, **options)
     await server.start()
     try:
         yield server

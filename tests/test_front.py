@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from hotcold.front import FRONT, MAX_PIPELINED, FrontRequest, FrontRoutes
 from hotcold.http import MAX_BODY_BYTES, HttpRequest, answer_errors, read_body
-from hotcold.serving import Server
+from hotcold.serving import Server, serving
 from router import create_app
 from router.config import build_config
 from router.parts import PARTS
@@ -281,9 +281,7 @@ async def test_shutdown_finishes_answers_in_flight_and_closes_idle_connections(
 
 async def test_a_client_that_leaves_cancels_its_request(stub: StubFactory) -> None:
     cloud = await stub(ttft_ms=5000)
-    server = Server(create_app(build_config(router_settings([cloud.url]))), "127.0.0.1", 0)
-    await server.start()
-    try:
+    async with serving(create_app(build_config(router_settings([cloud.url])))) as server:
         parts = server.app[PARTS]
         wire = await Wire.open(server)
         await wire.send(post())
@@ -291,8 +289,6 @@ async def test_a_client_that_leaves_cancels_its_request(stub: StubFactory) -> No
         wire.close()
         await wait_for(lambda: parts.in_flight.count == 0, message="its handler is cancelled")
         await wait_for(lambda: server.connection_count == 0, message="the connection is gone")
-    finally:
-        await server.close()
 
 
 # ---- the protocol alone, with a trivial handler: bytes in any pieces -------------------------
@@ -338,9 +334,7 @@ def test_requests_split_in_any_pieces_get_the_same_answers(
         stream = b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n" + stream
 
     async def run() -> list[Answer]:
-        server = Server(_echo_app(), "127.0.0.1", 0, shutdown_timeout_s=1)
-        await server.start()
-        try:
+        async with serving(_echo_app(), shutdown_timeout_s=1) as server:
             wire = await Wire.open(server)
             points = sorted({c for c in cuts if c < len(stream)})
             for start, end in zip([0, *points], [*points, len(stream)], strict=True):
@@ -348,8 +342,6 @@ def test_requests_split_in_any_pieces_get_the_same_answers(
             answers = await wire.answers(len(bodies) + other_first)
             wire.close()
             return answers
-        finally:
-            await server.close()
 
     answers = asyncio.run(run())
     if other_first:
@@ -363,9 +355,7 @@ async def test_with_the_front_door_off_aiohttp_serves_the_inference_routes(
 ) -> None:
     cloud = await stub()
     config = build_config(router_settings([cloud.url], server={"front_door": False}))
-    server = Server(create_app(config), "127.0.0.1", 0, shutdown_timeout_s=1)
-    await server.start()
-    try:
+    async with serving(create_app(config), shutdown_timeout_s=1) as server:
         wire = await Wire.open(server)
         await wire.send(post(request_id="via-aiohttp"))
         (answer,) = await wire.answers(1)
@@ -373,8 +363,6 @@ async def test_with_the_front_door_off_aiohttp_serves_the_inference_routes(
         assert answer.headers["x-served-by"] == "cloud"
         assert "aiohttp" in answer.headers["server"]  # the front door sends no Server header
         wire.close()
-    finally:
-        await server.close()
 
 
 # ---- a fresh-eyes review's cases: each failed before its fix ---------------------------------
@@ -424,9 +412,7 @@ async def test_a_partial_request_line_behind_an_answer_does_not_outlive_the_idle
 ) -> None:
     cloud = await stub(ttft_ms=200)
     config = build_config(router_settings([cloud.url], server={"idle_timeout_s": 0.3}))
-    server = Server(create_app(config), "127.0.0.1", 0, shutdown_timeout_s=1, idle_timeout_s=0.3)
-    await server.start()
-    try:
+    async with serving(create_app(config), shutdown_timeout_s=1, idle_timeout_s=0.3) as server:
         parts = server.app[PARTS]
         wire = await Wire.open(server)
         await wire.send(post())
@@ -435,8 +421,6 @@ async def test_a_partial_request_line_behind_an_answer_does_not_outlive_the_idle
         (answer,) = await wire.answers(1)
         assert answer.status == 200
         assert await wire.closed()  # the idle timeout still closes it
-    finally:
-        await server.close()
 
 
 async def test_the_last_of_a_full_pipeline_gets_its_body(routed: Server) -> None:
@@ -492,15 +476,11 @@ async def test_a_stream_whose_handler_fails_is_not_ended_as_complete() -> None:
     app = web.Application()
     app[FRONT] = FrontRoutes({"/echo": _broken_stream}, max_body_bytes=1 << 16)
     app[MAX_BODY_BYTES] = 1 << 16
-    server = Server(app, "127.0.0.1", 0, shutdown_timeout_s=1)
-    await server.start()
-    try:
+    async with serving(app, shutdown_timeout_s=1) as server:
         wire = await Wire.open(server)
         await wire.send(_echo_request(b"x"))
         with pytest.raises(ConnectionError, match="closed after 0 answers"):
             await wire.answers(1)  # the chunked answer never gets its last chunk
-    finally:
-        await server.close()
 
 
 async def test_an_upgrade_request_is_served_as_plain_http(routed: Server) -> None:
@@ -531,17 +511,13 @@ async def test_a_large_body_in_the_heads_packet_is_not_taken_for_a_large_head(
 ) -> None:
     cloud = await stub()
     app = create_app(build_config(router_settings([cloud.url])))
-    server = Server(app, "127.0.0.1", 0, shutdown_timeout_s=1, max_header_bytes=1024, max_headers=8)
-    await server.start()
-    try:
+    async with serving(app, shutdown_timeout_s=1, max_header_bytes=1024, max_headers=8) as server:
         wire = await Wire.open(server)
         prompt = {"model": "m", "messages": [{"role": "user", "content": "x" * 12_000}]}
         await wire.send(post(orjson.dumps(prompt)))
         (answer,) = await wire.answers(1)
         assert answer.status == 200
         wire.close()
-    finally:
-        await server.close()
 
 
 async def test_a_gzip_body_is_decoded_as_aiohttp_decodes_it(routed: Server) -> None:
