@@ -55,6 +55,7 @@ from router.answers import (
     set_model,
     start_stream,
 )
+from router.bookkeeping import Bookkeeping
 from router.cache import ResponseCache
 from router.catalog import ResolvedModel
 from router.classify import Classification, Classifier
@@ -83,6 +84,7 @@ EDGE_FIELDS = frozenset(
      "top_p", "stop", "seed", "stream", "stream_options", "user", "metadata", "store",
      "service_tier", "prompt_cache_key", "safety_identifier", "n"}
 )  # fmt: skip
+MAX_DECISIONS = 4096  # decisions kept for reuse (Dispatcher._decision)
 UNRESOLVED = "unresolved"  # the model label of answers given before a model was resolved
 
 
@@ -172,11 +174,15 @@ class Dispatcher:
         self._metrics = metrics
         self._clock = clock
         self.flights: SingleFlight[CachedAnswer] = SingleFlight()
-        self._hits: dict[str, Decision] = {}  # the decision of a cache hit, per model
+        self._decisions: dict[tuple[str, str, str, str], Decision] = {}  # see _decision
         self.parsed = ParsedRequests()  # repeated bodies skip decoding and validation
+        # Counters, access lines, observations: done while the router waits for an upstream.
+        self.bookkeeping = Bookkeeping()
 
     async def close(self) -> None:
-        """Cancel shadow comparisons still running (shutdown)."""
+        """Cancel shadow comparisons still running, and do the bookkeeping still owed
+        (shutdown)."""
+        self.bookkeeping.run()
         for task in list(self._shadows):
             task.cancel()
         for task in list(self._shadows):
@@ -248,11 +254,7 @@ class Dispatcher:
             if lookup is not None:
                 tracing.cache_result(lookup, "miss" if cached is None else "hit")
             if cached is not None and plan.serves(cached.replayable, request.stream):
-                hit = self._hits.get(model.entry.name)
-                if hit is None:  # one per catalog model, kept: Decision is immutable
-                    hit = self._hits[model.entry.name] = Decision(
-                        "hot", "hit", "cache", model.entry.name
-                    )
+                hit = self._decision("hot", "hit", "cache", model.entry.name)
                 return self._from_cache(http, request, cached, hit)
         label = plan.label
         leading = False
@@ -263,7 +265,9 @@ class Dispatcher:
             else:
                 shared = await SingleFlight.wait(flight, deadline_at - self._clock.now())
                 if shared is not None and plan.serves(shared.replayable, request.stream):
-                    decision = Decision(verdict.route, "miss", shared.produced_by, model.entry.name)
+                    decision = self._decision(
+                        verdict.route, "miss", shared.produced_by, model.entry.name
+                    )
                     response = self._from_cache(http, request, shared, decision)
                     response.headers["X-Coalesced"] = "true"
                     return response
@@ -294,6 +298,17 @@ class Dispatcher:
                 tenant=tenant,
             )
         return response
+
+    def _decision(self, route: str, cache: str, served_by: str, model: str) -> Decision:
+        """The decision with these labels. Decisions are immutable and their labels few (the
+        catalog's names times a handful), so one of each is kept, at most MAX_DECISIONS."""
+        labels = (route, cache, served_by, model)
+        decision = self._decisions.get(labels)
+        if decision is None:
+            if len(self._decisions) >= MAX_DECISIONS:  # names of models long since removed
+                self._decisions.clear()
+            decision = self._decisions[labels] = Decision(route, cache, served_by, model)
+        return decision
 
     def _from_cache(
         self, http: HttpRequest, request: InferenceRequest, answer: CachedAnswer, decision: Decision
@@ -357,7 +372,7 @@ class Dispatcher:
         if producer.first == "edge" and edge is not None:
             if self.tenants.take_edge_slot(tenant, self._clock.now()):
                 edge_deadline = min(deadline_at, self._clock.now() + self._config.edge.timeout_s)
-                decision = Decision("hot", label, "edge", name)
+                decision = self._decision("hot", label, "edge", name)
                 http[DECISION] = decision
                 body = orjson.dumps({**document, "model": model.edge_name})
                 try:
@@ -372,7 +387,7 @@ class Dispatcher:
                     self.tenants.release_edge_slot(tenant)
             else:  # the tenant's fair share of the edge is taken
                 self._metrics.count_edge_fallback("edge_busy_or_down")
-        decision = Decision(verdict.route, label, "cloud", name)
+        decision = self._decision(verdict.route, label, "cloud", name)
         http[DECISION] = decision
         body = orjson.dumps({**document, "model": model.upstream_name})
         try:
@@ -396,6 +411,9 @@ class Dispatcher:
     ) -> tuple[web.StreamResponse, CachedAnswer | None]:
         started = self._clock.now()
         result: tuple[web.StreamResponse, CachedAnswer | None]
+        # The request is written upstream before this task first waits; the loop's next turn,
+        # with the upstream at work, is this router's idle moment: the bookkeeping runs then.
+        self.bookkeeping.run_soon()
         if request.stream:
             with self.tracing.producer(decision.served_by, pool.name):
                 upstream = await pool.open_stream(request.path, body, deadline_at, headers)
@@ -416,10 +434,10 @@ class Dispatcher:
         self, decision: Decision, answer: CachedAnswer | None, started: float
     ) -> None:
         """The answer's time and tokens, for the edge's latency budget and gray release
-        (recorded once the answer is out, as the token counts are)."""
+        (recorded once the answer is out, as the token counts are: router/bookkeeping.py)."""
         now = self._clock.now()
         tokens = (answer.usage or {}).get("completion_tokens") if answer is not None else None
-        asyncio.get_running_loop().call_soon(
+        self.bookkeeping.defer(
             self.release.observe,
             decision.model,
             decision.served_by,
@@ -585,9 +603,9 @@ class Dispatcher:
         return response, capture.answer(decision.served_by)
 
     def _count_tokens(self, http: HttpRequest, usage: Any, served_by: str, model: str) -> None:
-        """Metrics and cost; the tenant's token quota for what an upstream produced. Counted
-        once the answer is out (the loop's next turn, before it reads another request: see
-        :func:`router.middlewares.answer_inference`); the span gets the usage now."""
+        """Metrics and cost; the tenant's token quota for what an upstream produced. The
+        quota is debited now (the tenant's next request is admitted against it); the
+        counters are bookkeeping (router/bookkeeping.py); the span gets the usage now."""
         if not isinstance(usage, dict):
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -597,21 +615,21 @@ class Dispatcher:
                 prompt if isinstance(prompt, int) else None,
                 completion if isinstance(completion, int) else None,
             )
-        asyncio.get_running_loop().call_soon(
-            self._account_tokens, prompt, completion, served_by, model, http.get(TENANT)
+        tenant = http.get(TENANT)
+        if served_by != "cache" and tenant is not None:
+            limits = self.fleet_limits or self.tenants
+            if limits.limits_of(tenant).tokens_per_min is not None:
+                used = sum(n for n in (prompt, completion) if isinstance(n, int) and n >= 0)
+                limits.debit_tokens(tenant, used, self._clock.now())
+        self.bookkeeping.defer(
+            self._count_token_metrics, prompt, completion, served_by, model, tenant
         )
 
-    def _account_tokens(
+    def _count_token_metrics(
         self, prompt: Any, completion: Any, served_by: str, model: str, tenant: str | None
     ) -> None:
-        upstream = 0
         label = OTHER if tenant is None else tenant
         if isinstance(prompt, int) and prompt >= 0:
             self._metrics.count_tokens("in", served_by, model, prompt, label)
-            upstream += prompt
         if isinstance(completion, int) and completion >= 0:
             self._metrics.count_tokens("out", served_by, model, completion, label)
-            upstream += completion
-        if served_by != "cache" and tenant is not None:
-            limits = self.fleet_limits or self.tenants
-            limits.debit_tokens(tenant, upstream, self._clock.now())

@@ -30,6 +30,7 @@ _INFERENCE_PATHS = {path: api for api, path in PATHS.items()}
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Answers the router gives itself (bad input, no upstream) before or instead of routing.
 ROUTER_ANSWER = Decision(route="cold", cache="bypass", served_by="router")
+_UPSTREAMS = frozenset({"cloud", "edge"})  # answers after which the router waited for one
 
 
 def _request_id(request: HttpRequest) -> str:
@@ -56,7 +57,9 @@ class AccessRecords:
         self._owner: tuple[int, int] = (0, 0)
         self._template: dict[str, Any] | None = None
 
-    def make(self, args: tuple[Any, ...]) -> logging.LogRecord:
+    def make(self, args: tuple[Any, ...], created: float | None = None) -> logging.LogRecord:
+        """A record of ``args`` made at ``created`` (``time.time()``; None: now). The first
+        record of a thread and process is made now, by ``Logger.makeRecord``."""
         template = self._template
         owner = (os.getpid(), threading.get_ident())
         if (
@@ -74,7 +77,8 @@ class AccessRecords:
         record = _new_record(logging.LogRecord)
         fields = record.__dict__
         fields.update(template)
-        created = time.time()
+        if created is None:
+            created = time.time()
         fields["created"] = created
         fields["msecs"] = int((created - int(created)) * 1000) + 0.0  # as LogRecord does
         fields["relativeCreated"] = (
@@ -93,7 +97,12 @@ _access_records = AccessRecords()
 
 
 def _log_access(
-    request: HttpRequest, api: str, decision: Decision, status: str, latency_s: float
+    request: HttpRequest,
+    api: str,
+    decision: Decision,
+    status: str,
+    latency_s: float,
+    answered_at: float,
 ) -> None:
     """One access line. Called only when ``hotcold.access`` is enabled for INFO, so a router
     with the access log off (``logging.access_log: false`` or a level above INFO) builds
@@ -117,10 +126,10 @@ def _log_access(
         formatter = cast(PlainFormatter, handler.formatter)
         message = ACCESS_FORMAT % args
         handler.write_line(
-            formatter.info_line(access.name, message, REQUEST_ID_CONTEXT.get(), time.time())
+            formatter.info_line(access.name, message, REQUEST_ID_CONTEXT.get(), answered_at)
         )
         return
-    record = _access_records.make(args)
+    record = _access_records.make(args, answered_at)
     fields = record.__dict__
     fields["api"] = api
     fields["model"] = decision.model
@@ -141,8 +150,10 @@ def _account(
     latency_s: float,
     finished: float,
     first_token_s: float | None,
+    answered_at: float,
 ) -> None:
-    """An answered inference request's counters, latency histograms and access line."""
+    """An answered inference request's counters, latency histograms and access line
+    (``answered_at``: the answer's wall-clock time, the access line's time)."""
     parts.metrics.count_answer(
         api,
         (decision.route, decision.cache, decision.served_by, decision.model),
@@ -153,7 +164,7 @@ def _account(
         first_token_s,
     )
     if access.isEnabledFor(logging.INFO):  # a dictionary lookup when off
-        _log_access(request, api, decision, status, latency_s)
+        _log_access(request, api, decision, status, latency_s, answered_at)
 
 
 def _refuse_overload() -> ServiceUnavailable:
@@ -170,10 +181,12 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     and a wrapper per request). Inference requests go through :func:`answer_inference`;
     everything else gets a request id (on the answer and on every log line) and errors in
     the OpenAI shape. (The front door, hotcold/front.py, calls :func:`answer_inference`
-    itself for the inference requests it serves.)"""
+    itself for the inference requests it serves.) Before any other route, the bookkeeping
+    still owed is done: /metrics, the admin API and the dashboard count every answer sent."""
     api = _INFERENCE_PATHS.get(request.path)
     if api is not None:
         return await answer_inference(request, api, handler)
+    parts_of(request).dispatcher.bookkeeping.run()
     request[REQUEST_ID] = request_id = _request_id(request)
     context = REQUEST_ID_CONTEXT.set(request_id)
     try:
@@ -223,11 +236,12 @@ async def answer_inference(
         decision: Decision = request.get(DECISION, ROUTER_ANSWER)
         finished = time.perf_counter()
         first_token_at = request.get(FIRST_TOKEN_AT)  # set by a relayed stream
-        # The counters and the access line once the answer is out: they change nothing the
-        # client gets, and with one request at a time they were on its path. The callback runs
-        # before the loop reads anything new (a scrape sees every answer already sent), in a
-        # copy of this context (its log lines keep the request id).
-        asyncio.get_running_loop().call_soon(
+        # The counters and the access line change nothing the client gets: bookkeeping
+        # (router/bookkeeping.py), in a copy of this context (its log lines keep the request
+        # id). An answer from an upstream leaves it for the router's next wait for one;
+        # any other answer has it done in the loop's next turn, before anything new is read.
+        bookkeeping = parts.dispatcher.bookkeeping
+        bookkeeping.defer(
             _account,
             parts,
             request,
@@ -237,7 +251,10 @@ async def answer_inference(
             finished - started,
             finished,
             None if first_token_at is None else first_token_at - started,
+            time.time(),
         )
+        if decision.served_by not in _UPSTREAMS:
+            bookkeeping.run_soon()
         if recorded is not None:
             parts.tracing.finish(
                 recorded,
