@@ -359,8 +359,7 @@ class FrontConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._held = b""  # bytes kept until we know whose request they start
         self._url = b""
-        self._names: list[bytes] = []
-        self._values: list[bytes] = []
+        self._headers: CIMultiDict[str] = CIMultiDict()  # the head being parsed
         self._parsing: FrontRequest | None = None
         self._in_message = False
         self._queue: collections.deque[FrontRequest] = collections.deque()
@@ -453,8 +452,7 @@ class FrontConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_message = True
         self._url = b""
-        self._names = []
-        self._values = []
+        self._headers = CIMultiDict()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -464,14 +462,14 @@ class FrontConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         limit = self._server.max_line_bytes
-        if len(self._names) >= self._server.max_headers:
+        headers = self._headers
+        if len(headers) >= self._server.max_headers:
             self._refuse(400, "too many headers", "bad_http_request")
             raise _Refused
         if len(name) + len(value) + 2 > limit:
             self._refuse(400, "a header line is too long", "bad_http_request")
             raise _Refused
-        self._names.append(name)
-        self._values.append(value)
+        headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -490,13 +488,7 @@ class FrontConnection(asyncio.Protocol):
                 "pipelining_not_supported",
             )
             raise _Refused
-        headers = CIMultiDict(
-            zip(
-                [name.decode("latin-1") for name in self._names],
-                [value.decode("latin-1") for value in self._values],
-                strict=True,
-            )
-        )
+        headers = self._headers
         declared = headers.get("Content-Length")
         request = FrontRequest(
             "POST",

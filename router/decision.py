@@ -25,15 +25,16 @@ The rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Route = Literal["hot", "cold"]
 CacheLabel = Literal["hit", "miss", "bypass"]
 Producer = Literal["edge", "cloud"]
 
 
-@dataclass(frozen=True, slots=True)
-class CacheFacts:
+# The facts are tuples: built for every request, a named tuple costs a third of a frozen
+# dataclass (whose __init__ sets each field through object.__setattr__).
+class CacheFacts(NamedTuple):
     deterministic: bool
     cache_control: str | None  # the request's Cache-Control header
 
@@ -71,8 +72,7 @@ def cache_plan(facts: CacheFacts) -> CachePlan:
     return _WRITE_ONLY if "no-cache" in directives else _READ_WRITE
 
 
-@dataclass(frozen=True, slots=True)
-class ProducerFacts:
+class ProducerFacts(NamedTuple):
     route: Route
     edge_configured: bool
     edge_allowed: bool  # the catalog lets the edge node answer this model
@@ -89,19 +89,30 @@ class ProducerPlan:
     reason: str  # why not the edge, for a hot request (the edge-fallback metric's label)
 
 
+_COLD = ProducerPlan("cloud", None, "cold")
+_NO_EDGE = ProducerPlan("cloud", None, "no_edge")
+_MODEL_NOT_FOR_EDGE = ProducerPlan("cloud", None, "model_not_for_edge")
+_REQUEST_NOT_FOR_EDGE = ProducerPlan("cloud", None, "request_not_for_edge")
+_EDGE_NOT_EARNED = ProducerPlan("cloud", None, "edge_not_earned")
+_EDGE_TOO_SLOW = ProducerPlan("cloud", None, "edge_too_slow")
+_EDGE_BUSY_OR_DOWN = ProducerPlan("cloud", None, "edge_busy_or_down")
+_EDGE = ProducerPlan("edge", "cloud", "edge")
+
+
 def producer_plan(facts: ProducerFacts) -> ProducerPlan:
+    """Who answers first (the plans are immutable: one of each, shared)."""
     if facts.route == "cold":
-        return ProducerPlan("cloud", None, "cold")
+        return _COLD
     if not facts.edge_configured:
-        return ProducerPlan("cloud", None, "no_edge")
+        return _NO_EDGE
     if not facts.edge_allowed:
-        return ProducerPlan("cloud", None, "model_not_for_edge")
+        return _MODEL_NOT_FOR_EDGE
     if not facts.edge_can_answer:
-        return ProducerPlan("cloud", None, "request_not_for_edge")
+        return _REQUEST_NOT_FOR_EDGE
     if not facts.edge_earned:
-        return ProducerPlan("cloud", None, "edge_not_earned")
+        return _EDGE_NOT_EARNED
     if not facts.edge_fast_enough:
-        return ProducerPlan("cloud", None, "edge_too_slow")
+        return _EDGE_TOO_SLOW
     if not facts.edge_has_room:
-        return ProducerPlan("cloud", None, "edge_busy_or_down")
-    return ProducerPlan("edge", "cloud", "edge")
+        return _EDGE_BUSY_OR_DOWN
+    return _EDGE
