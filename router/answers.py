@@ -20,8 +20,7 @@ upstream's own name for it nor the edge model's.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from aiohttp import web
@@ -32,8 +31,7 @@ from hotcold.wire import InferenceRequest, encode_body, error_body, sse_event, w
 from hotcold.wire.sse import SSE_DONE, event_data
 
 
-@dataclass(frozen=True, slots=True)
-class CachedAnswer:
+class CachedAnswer(NamedTuple):  # immutable; one per answer: a tuple costs a third of a dataclass
     """An answer as the cache keeps it: its JSON bytes only, plus its token usage.
 
     The parsed document is not kept: it takes two to three times the bytes' memory (a dict
@@ -47,10 +45,17 @@ class CachedAnswer:
     replayable: bool = True  # its stream form loses nothing (see the module's docstring)
 
     @classmethod
-    def of(cls, body: bytes, document: dict[str, Any], produced_by: str) -> CachedAnswer:
+    def of(
+        cls, body: bytes, document: dict[str, Any], produced_by: str, *, kept: bool = True
+    ) -> CachedAnswer:
+        """``kept``: False for an answer that is never cached nor shared (a sampled
+        request's): its stream form is not checked, and it is marked not replayable."""
         usage = document.get("usage")
         return cls(
-            body, produced_by, usage if isinstance(usage, dict) else None, _replayable(document)
+            body,
+            produced_by,
+            usage if isinstance(usage, dict) else None,
+            kept and _replayable(document),
         )
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -24,6 +25,7 @@ from hotcold.front import FRONT, FrontHandler, FrontRequest, FrontRoutes
 from hotcold.http import BODY_TIMEOUT_S, MAX_BODY_BYTES, HttpRequest
 from hotcold.wire.schema import PATHS
 from router.admin import admin_app
+from router.bookkeeping import Bookkeeping
 from router.cache import ResponseCache
 from router.classify import Classifier
 from router.clock import Clock, MonotonicClock
@@ -131,7 +133,10 @@ async def build_parts(
         client = Http1Client(max_connections=config.cloud.max_connections, keepalive_s=30.0)
         stack.push_async_callback(client.close)
         metrics = RouterMetrics(config.metrics.tenant_labels)
-        pools = Pools(session, client, clock, observer=metrics.observe_attempt, tracing=tracing)
+        # Counters of what an answer did, counted while the router waits (router/bookkeeping.py).
+        bookkeeping = Bookkeeping()
+        attempts = functools.partial(bookkeeping.defer, metrics.observe_attempt)
+        pools = Pools(session, client, clock, observer=attempts, tracing=tracing)
         stack.push_async_callback(pools.close)
         routes = ModelRoutes(pools, config)  # ConfigError: a pool's key cannot be read
         metrics.watch_pools(lambda: pools)
@@ -143,7 +148,7 @@ async def build_parts(
                 session,
                 client,
                 clock,
-                observer=metrics.observe_attempt,
+                observer=attempts,
                 tracing=tracing,
             )
             metrics.watch_pools(lambda: [edge] if edge is not None else [])
@@ -191,6 +196,7 @@ async def build_parts(
             authenticator,
             release,
             fleet.limits if fleet is not None else None,
+            bookkeeping,
         )
         dispatcher.tracing = tracing
         stack.push_async_callback(dispatcher.close)

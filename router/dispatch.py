@@ -156,9 +156,11 @@ class Dispatcher:
         authenticator: Authenticator,
         release: EdgeRelease,
         fleet_limits: FleetLimits | None = None,
+        bookkeeping: Bookkeeping | None = None,
     ) -> None:
         """``fleet_limits``: the tenants' limits shared through the fleet's Redis (None:
-        this router's own buckets, ``tenants``)."""
+        this router's own buckets, ``tenants``); ``bookkeeping``: where counters wait for an
+        idle moment (shared with the upstream pools; None: its own)."""
         self._config = config
         self.fleet_limits = fleet_limits
         self.release = release  # the edge's gray release and latency budget, per model
@@ -177,7 +179,7 @@ class Dispatcher:
         self._decisions: dict[tuple[str, str, str, str], Decision] = {}  # see _decision
         self.parsed = ParsedRequests()  # repeated bodies skip decoding and validation
         # Counters, access lines, observations: done while the router waits for an upstream.
-        self.bookkeeping = Bookkeeping()
+        self.bookkeeping = bookkeeping if bookkeeping is not None else Bookkeeping()
 
     async def close(self) -> None:
         """Cancel shadow comparisons still running, and do the bookkeeping still owed
@@ -418,7 +420,7 @@ class Dispatcher:
             with self.tracing.producer(decision.served_by, pool.name):
                 upstream = await pool.open_stream(request.path, body, deadline_at, headers)
             if isinstance(upstream, UpstreamReply):
-                result = self._reply(http, upstream, decision, model)
+                result = self._reply(http, request, upstream, decision, model)
             else:
                 self._observe_edge(decision, upstream.queue_ms, started)
                 result = await self._relay(http, request, upstream, decision, model.public)
@@ -426,7 +428,7 @@ class Dispatcher:
             with self.tracing.producer(decision.served_by, pool.name):
                 reply = await pool.complete(request.path, body, deadline_at, headers)
             self._observe_edge(decision, reply.queue_ms, started)
-            result = self._reply(http, reply, decision, model)
+            result = self._reply(http, request, reply, decision, model)
         self._observe_producer(decision, result[1], started)
         return result
 
@@ -538,7 +540,12 @@ class Dispatcher:
         self._classifier.controller.observe_queue_delay(queue_ms)
 
     def _reply(
-        self, http: HttpRequest, reply: UpstreamReply, decision: Decision, model: ResolvedModel
+        self,
+        http: HttpRequest,
+        request: InferenceRequest,
+        reply: UpstreamReply,
+        decision: Decision,
+        model: ResolvedModel,
     ) -> tuple[web.Response, CachedAnswer | None]:
         headers = decision.headers()
         public = model.public
@@ -564,7 +571,10 @@ class Dispatcher:
         if decision.served_by == "edge":
             self.release.observe_edge_model(document.get("model"), self._clock.now())
         body = orjson.dumps(document) if set_model(document, public) else reply.body
-        answer = CachedAnswer.of(body, document, decision.served_by)
+        # Only a deterministic answer is cached, shared or compared (serve): a sampled one is
+        # not checked for its stream form.
+        kept = request.params.is_deterministic()
+        answer = CachedAnswer.of(body, document, decision.served_by, kept=kept)
         return plain_response(http, document, body, headers), answer
 
     async def _relay(

@@ -130,7 +130,8 @@ class Response:
         self._complete = False
         self._error: ClientError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._decoder: Any = _decoder_for(headers.get("content-encoding"))
+        encoding = headers.get("content-encoding")
+        self._decoder: Any = None if encoding is None else _decoder_for(encoding)
         self._done = False  # released or closed: the connection is no longer ours
 
     @property
@@ -247,8 +248,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._head: asyncio.Future[Response] | None = None
         self._response: Response | None = None
-        self._header_names: list[bytes] = []
-        self._header_values: list[bytes] = []
+        self._headers: dict[str, str] = {}  # the head being parsed, names in lower case
         self._paused = False
         self._until_eof = False  # the body ends when the connection does
         self._keep_alive = False
@@ -296,21 +296,13 @@ class _Connection(asyncio.Protocol):
     # ---- httptools callbacks ------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_names.append(name)
-        self._header_values.append(value)
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        headers, self._headers = self._headers, {}
         if 100 <= status < 200:  # an interim answer (we never ask for one): skip it
-            self._header_names.clear()
-            self._header_values.clear()
             return
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in zip(self._header_names, self._header_values, strict=True)
-        }
-        self._header_names.clear()
-        self._header_values.clear()
         # Read now: llhttp resets its flags once the message is complete.
         self._keep_alive = self._parser.should_keep_alive()
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
@@ -486,7 +478,10 @@ class Http1Client:
         pool = self._origins.get(origin.key)
         if pool is None:
             pool = self._origins[origin.key] = _OriginPool(self, origin)
-        await self._acquire_slot()
+        if self._in_use >= self.max_connections:  # else a slot is free: no wait, no coroutine
+            await self._acquire_slot()
+        else:
+            self._in_use += 1
         slot_held = True
         try:
             if self._closed:  # closed while this request waited for a slot
@@ -496,7 +491,11 @@ class Http1Client:
                 connection = await pool.connect(connect_timeout_s)
             slot_held = False  # from here the connection holds the slot until it is freed
             try:
-                return await _answer(connection, data)
+                try:  # as _answer, inline: the common path takes no coroutine of its own
+                    return await connection.send(data)
+                except BaseException:
+                    connection.close()
+                    raise
             except ConnectionBroken:
                 if connection.used > 1 and not connection.answered_anything:
                     # A reused connection the server had closed while it was idle: once
