@@ -292,12 +292,18 @@ def _status_line(status: int, reason: str | None = None) -> bytes:
     return line
 
 
+_HEADER_LINE = ": ".join  # of a (name, value) pair: the fastest way to a line here
+
+
 def _head(status_line: bytes, headers: Mapping[str, str], extra: bytes) -> bytes:
     """A whole answer head: the status line, ``headers``, then ``extra`` (ending the head)."""
-    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+    if not headers:
+        return status_line + extra
+    lines = "\r\n".join(map(_HEADER_LINE, headers.items()))
+    breaks = len(headers) - 1
+    if lines.count("\n") != breaks or lines.count("\r") != breaks:
         raise ValueError("a header name or value holds a line break")  # never split the head
-    return status_line + lines.encode("latin-1") + extra
+    return b"%s%s\r\n%s" % (status_line, lines.encode("latin-1"), extra)
 
 
 def error_answer(status: int, message: str, code: str) -> bytes:

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from hotcold.front import FRONT, FrontHandler, FrontRequest, FrontRoutes
+from hotcold.front import FRONT, FrontHandler, FrontRoutes
 from hotcold.http import BODY_TIMEOUT_S, MAX_BODY_BYTES, HttpRequest
 from hotcold.wire.schema import PATHS
 from router.admin import admin_app
@@ -293,12 +293,8 @@ def _front(
     api: str, handler: Callable[[HttpRequest], Awaitable[web.StreamResponse]]
 ) -> FrontHandler:
     """A front-door handler: the inference request's whole treatment (the middleware's)
-    around the route's handler."""
-
-    async def answer(request: FrontRequest) -> web.StreamResponse:
-        return await answer_inference(request, api, handler)
-
-    return answer
+    around the route's handler (a partial: no coroutine of its own per request)."""
+    return functools.partial(answer_inference, api=api, handler=handler)
 
 
 def create_app(
