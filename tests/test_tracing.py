@@ -125,6 +125,9 @@ async def test_a_request_and_a_hot_miss_are_traced_across_router_cloud_and_edge(
                     served_by = r.headers["X-Served-By"]
                     await r.read()
             assert served_by == "edge"
+        # Access lines are bookkeeping (router/bookkeeping.py): an answer from an upstream
+        # has its line written at the router's next idle moment, 10 ms later at the latest.
+        await wait_for(lambda: len(lines.lines) == 3, timeout_s=10, message="3 access lines")
     finally:
         access.removeHandler(lines)
         access.setLevel(level)
