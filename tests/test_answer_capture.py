@@ -108,3 +108,18 @@ def test_a_plain_answer_with_an_unknown_message_field_is_not_replayed_as_a_strea
         ]
     }
     assert not CachedAnswer.of(orjson.dumps(document), document, "cloud").replayable
+
+
+def test_an_answer_never_kept_keeps_its_usage_but_is_never_replayed() -> None:
+    """A sampled request's answer (never cached, shared or compared) skips the stream-form
+    check: it keeps its usage for the counters and says it cannot be replayed, so nothing
+    could ever serve it as a stream."""
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    document = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}],
+        "usage": usage,
+    }
+    kept = CachedAnswer.of(orjson.dumps(document), document, "cloud")
+    sampled = CachedAnswer.of(orjson.dumps(document), document, "cloud", kept=False)
+    assert kept.replayable and not sampled.replayable
+    assert sampled.usage == kept.usage == usage and sampled.body == kept.body
