@@ -366,6 +366,7 @@ class FrontConnection(asyncio.Protocol):
         self._held = b""  # bytes kept until we know whose request they start
         self._url = b""
         self._headers: CIMultiDict[str] = CIMultiDict()  # the head being parsed
+        self._header_count = 0
         self._parsing: FrontRequest | None = None
         self._in_message = False
         self._queue: collections.deque[FrontRequest] = collections.deque()
@@ -459,6 +460,7 @@ class FrontConnection(asyncio.Protocol):
         self._in_message = True
         self._url = b""
         self._headers = CIMultiDict()
+        self._header_count = 0  # the head's fields and then the trailer's, bounded together
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -467,15 +469,17 @@ class FrontConnection(asyncio.Protocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limit = self._server.max_line_bytes
-        headers = self._headers
-        if len(headers) >= self._server.max_headers:
+        """A field of the head, or of a chunked body's trailer (after the head: bounded as
+        the head's are, and dropped, as aiohttp drops them: never a request header)."""
+        if self._header_count >= self._server.max_headers:
             self._refuse(400, "too many headers", "bad_http_request")
             raise _Refused
-        if len(name) + len(value) + 2 > limit:
+        if len(name) + len(value) + 2 > self._server.max_line_bytes:
             self._refuse(400, "a header line is too long", "bad_http_request")
             raise _Refused
-        headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        self._header_count += 1
+        if not self._past_head:
+            self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         self._disarm()

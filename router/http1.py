@@ -302,6 +302,9 @@ class _Connection(asyncio.Protocol):
 
     # ---- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        self._headers = {}  # a chunked answer's trailer fields never reach the next answer
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 

@@ -27,7 +27,7 @@ from router import create_app
 from router.config import build_config
 from router.parts import PARTS
 from tests.conftest import StubFactory, router_settings
-from tests.support import wait_for
+from tests.support import scrape, wait_for
 
 CHAT = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -186,6 +186,37 @@ async def test_a_body_sent_after_100_continue_and_a_chunked_body(routed: Server)
     await wire.send(chunked)
     (answer,) = await wire.answers(1)
     assert answer.status == 200
+    wire.close()
+
+
+async def test_a_chunked_bodys_trailer_fields_are_never_request_headers(routed: Server) -> None:
+    """Fields after a chunked body (a trailer) are dropped, as aiohttp drops them: a trailer
+    never names the tenant, the request id or the cache rules a gateway checked in the head.
+    A trailer counts against ``server.max_headers`` with the head."""
+    wire = await Wire.open(routed)
+    trailer = b"X-Tenant: someone-else\r\nX-Request-Id: smuggled\r\nCache-Control: no-store\r\n"
+    cached = orjson.dumps({**orjson.loads(CHAT), "temperature": 0})
+    for _ in range(2):  # deterministic: the second is a cache hit, unless no-store were read
+        await wire.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\n\r\n%x\r\n%s\r\n0\r\n%s\r\n"
+            % (len(cached), cached, trailer)
+        )
+    first, second = await wire.answers(2)
+    assert first.status == second.status == 200
+    assert "smuggled" not in (first.headers["x-request-id"], second.headers["x-request-id"])
+    assert second.headers["x-cache"] == "hit"
+    samples = await scrape(routed.url)
+    tenants = {dict(labels).get("tenant") for name, labels in samples}
+    assert "someone-else" not in tenants
+    many = b"".join(b"X-T%d: v\r\n" % n for n in range(200))  # past max_headers (100)
+    await wire.send(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/json\r\n\r\n%x\r\n%s\r\n0\r\n%s\r\n"
+        % (len(cached), cached, many)
+    )
+    (refused,) = await wire.answers(1)
+    assert refused.status == 400
     wire.close()
 
 
