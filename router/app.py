@@ -248,6 +248,9 @@ async def build_parts(
             fleet.membership.figures = recorder.figures  # the fleet page, through Redis
             fleet.start(manager)
             stack.push_async_callback(fleet.stop)
+        # At shutdown, before the fleet stops: the last answers' counters and observations
+        # are made while the fleet can still carry what they move (router/bookkeeping.py).
+        stack.callback(bookkeeping.run)
         await _config_reload(stack, layers, config, manager, handle_signals)
         edge_url = config.edge.endpoints[0] if config.edge.endpoints else None
         sampler = recorder.run(config.dashboard.sample_interval_s, session, edge_url)

@@ -182,14 +182,14 @@ class Dispatcher:
         self.bookkeeping = bookkeeping if bookkeeping is not None else Bookkeeping()
 
     async def close(self) -> None:
-        """Cancel shadow comparisons still running, and do the bookkeeping still owed
-        (shutdown)."""
-        self.bookkeeping.run()
+        """Cancel shadow comparisons still running, then do the bookkeeping still owed
+        (theirs included) (shutdown)."""
         for task in list(self._shadows):
             task.cancel()
         for task in list(self._shadows):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.bookkeeping.run()
 
     def edge_can_take(self) -> bool:
         edge = self._edge
@@ -435,12 +435,14 @@ class Dispatcher:
     def _observe_producer(
         self, decision: Decision, answer: CachedAnswer | None, started: float
     ) -> None:
-        """The answer's time and tokens, for the edge's latency budget and gray release
-        (recorded once the answer is out, as the token counts are: router/bookkeeping.py)."""
+        """The answer's time and tokens, for the edge's latency budget and gray release. The
+        edge's own evidence is recorded at once, in order with the rest of it (its failures,
+        a new edge model, the shadow comparisons: a sample recorded after a reset it came
+        before would count for the wrong candidate); a cloud answer's time, the budget's
+        reference, is bookkeeping (router/bookkeeping.py)."""
         now = self._clock.now()
         tokens = (answer.usage or {}).get("completion_tokens") if answer is not None else None
-        self.bookkeeping.defer(
-            self.release.observe,
+        observation = (
             decision.model,
             decision.served_by,
             answer is not None,
@@ -448,6 +450,10 @@ class Dispatcher:
             tokens if isinstance(tokens, int) else None,
             now,
         )
+        if decision.served_by == "edge":
+            self.release.observe(*observation)
+        else:
+            self.bookkeeping.defer(self.release.observe, *observation)
 
     # ---- shadow comparisons ------------------------------------------------------------
 

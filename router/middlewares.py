@@ -70,6 +70,10 @@ class AccessRecords:
             record = access.makeRecord(
                 access.name, logging.INFO, __file__, 0, ACCESS_FORMAT, args, None
             )
+            if created is not None:  # the answer's time, as LogRecord sets its own
+                record.relativeCreated += (created - record.created) * 1000
+                record.created = created
+                record.msecs = int((created - int(created)) * 1000) + 0.0
             if type(record) is logging.LogRecord:
                 self._template = dict(record.__dict__)
                 self._owner = owner
