@@ -1,16 +1,17 @@
 """Work an answer owes that no client waits for, done while the router waits anyway.
 
-Counters, latency histograms, access lines and the gray release's observations change nothing
-a client gets. Done the moment an answer is out, they still sit on a request's path: with one
-request at a time, whatever the router does between writing an answer and reading the next
-request delays the next request (the client turns around faster than this work takes). So
-answers from an upstream queue it here, and it runs at the next moment the router would
-otherwise sit idle: right after the next request is written to an upstream (its answer takes
-longer than this work), at the latest ``MAX_DELAY_S`` later (a timer), and before anything
-reads what it updates (the router's other routes, /metrics among them, call :meth:`run`, so a
-scrape still counts every answer already sent). Answers that wait for no upstream (cache hits,
-the router's own refusals) run it in the loop's next turn, as before: no idle moment is
-coming for them.
+Counters, latency histograms, access lines and a cloud answer's time (the edge's latency
+budget's reference; the edge's own evidence is recorded at once, in order with its resets)
+change nothing a client gets. Done the moment an answer is out, they still sit on a
+request's path: with one request at a time, whatever the router does between writing an
+answer and reading the next request delays the next request (the client turns around
+faster than this work takes). So answers from an upstream queue it here, and it runs at the
+next moment the router would otherwise sit idle: right after the next request is written
+to an upstream (its answer takes longer than this work), at the latest ``MAX_DELAY_S``
+later (a timer), and before anything reads what it updates (the router's other routes,
+/metrics among them, call :meth:`run`, so a scrape still counts every answer already sent).
+Answers that wait for no upstream (cache hits, the router's own refusals) run it in the
+loop's next turn, as before: no idle moment is coming for them.
 
 Bounded: at most ``MAX_PENDING`` items wait; the one that would pass the bound runs them all
 at once. Each item runs in the context it was queued in (its log lines keep its request id).
