@@ -70,10 +70,8 @@ class AccessRecords:
             record = access.makeRecord(
                 access.name, logging.INFO, __file__, 0, ACCESS_FORMAT, args, None
             )
-            if created is not None:  # the answer's time, as LogRecord sets its own
-                record.relativeCreated += (created - record.created) * 1000
-                record.created = created
-                record.msecs = int((created - int(created)) * 1000) + 0.0
+            if created is not None:  # the answer's time
+                _retime(record.__dict__, created)
             if type(record) is logging.LogRecord:
                 self._template = dict(record.__dict__)
                 self._owner = owner
@@ -81,18 +79,20 @@ class AccessRecords:
         record = _new_record(logging.LogRecord)
         fields = record.__dict__
         fields.update(template)
-        if created is None:
-            created = time.time()
-        fields["created"] = created
-        fields["msecs"] = int((created - int(created)) * 1000) + 0.0  # as LogRecord does
-        fields["relativeCreated"] = (
-            template["relativeCreated"] + (created - template["created"]) * 1000
-        )
+        _retime(fields, time.time() if created is None else created)
         fields["args"] = args
         if "taskName" in fields:  # Python 3.12+: the asyncio task handling this request
             task = asyncio.current_task()
             fields["taskName"] = task.get_name() if task is not None else None
         return record
+
+
+def _retime(fields: dict[str, Any], created: float) -> None:
+    """A record's fields moved to the time ``created``, its other times kept as LogRecord
+    sets them (``relativeCreated`` moves by as much; ``msecs`` as LogRecord computes it)."""
+    fields["relativeCreated"] += (created - fields["created"]) * 1000
+    fields["created"] = created
+    fields["msecs"] = int((created - int(created)) * 1000) + 0.0
 
 
 ACCESS_FORMAT = "%s %s %s %s %s/%s/%s %.1f ms"
