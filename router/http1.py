@@ -495,11 +495,7 @@ class Http1Client:
                 connection = await pool.connect(connect_timeout_s)
             slot_held = False  # from here the connection holds the slot until it is freed
             try:
-                try:  # as _answer, inline: the common path takes no coroutine of its own
-                    return await connection.send(data)
-                except BaseException:
-                    connection.close()
-                    raise
+                return await _answer(connection, data)
             except ConnectionBroken:
                 if connection.used > 1 and not connection.answered_anything:
                     # A reused connection the server had closed while it was idle: once
