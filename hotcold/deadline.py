@@ -27,10 +27,10 @@ class deadline:  # lower case: used where asyncio.timeout was, as a function-lik
         self._delay_s = delay_s
 
     def __enter__(self) -> deadline:
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)  # given the loop: no second getpid system call
         if task is None:
             raise RuntimeError("deadline() is used inside a task")
-        loop = asyncio.get_running_loop()
         self._task = task
         self._cancelling = task.cancelling()
         self._expired = False

@@ -359,6 +359,9 @@ class FrontConnection(asyncio.Protocol):
     """One client connection, while its requests are the front's (see the module's doc)."""
 
     def __init__(self, server: FrontServer) -> None:
+        # Looked up once: asyncio.get_running_loop() makes a getpid system call on every use
+        # (CPython 3.11), several per request where each use looked it up again.
+        self._loop = asyncio.get_running_loop()
         self._server = server
         self._routes = server.routes
         self.transport: asyncio.Transport | None = None
@@ -568,7 +571,7 @@ class FrontConnection(asyncio.Protocol):
         request = self._queue.popleft()
         request._queued = False
         self._waiting_bytes -= request._size  # all it received, it received while waiting
-        self._task = asyncio.get_running_loop().create_task(self._answer(request))
+        self._task = self._loop.create_task(self._answer(request))
         self._maybe_resume()
 
     def _maybe_resume(self) -> None:
@@ -696,7 +699,7 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is None:
             raise FrontClosed("the client closed the connection")
         if self._write_paused:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._loop.create_future()
             try:
                 await self._drain
             finally:
@@ -771,7 +774,7 @@ class FrontConnection(asyncio.Protocol):
         One timer per connection, not one per request: a request only moves the deadline
         (``_disarm`` clears it); the timer, when it fires, sleeps again until the deadline
         of the moment, or lapses when there is none."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = loop.time() + seconds
         self._deadline = deadline
         timer = self._timer
@@ -796,7 +799,7 @@ class FrontConnection(asyncio.Protocol):
         deadline = self._deadline
         if deadline is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < deadline:  # moved since this timer was set
             self._timer = loop.call_at(deadline, self._idle_too_long)
         elif not self.busy:

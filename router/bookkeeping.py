@@ -33,12 +33,22 @@ MAX_DELAY_S = 0.01  # the longest an item waits when no upstream wait comes
 
 
 class Bookkeeping:
-    __slots__ = ("_pending", "_soon", "_timer")
+    __slots__ = ("_loop", "_pending", "_soon", "_timer")
 
     def __init__(self) -> None:
         self._pending: list[tuple[contextvars.Context, Callable[..., Any], tuple[Any, ...]]] = []
         self._soon = False  # a run is scheduled for the loop's next turn
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this runs in, looked up once (``asyncio.get_running_loop`` makes a getpid
+        system call per use on CPython 3.11) and again only when that one no longer runs (a
+        thread runs one loop at a time: a running loop remembered here is the current one)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -50,7 +60,7 @@ class Bookkeeping:
         if len(pending) >= MAX_PENDING:
             self.run()
         elif self._timer is None:
-            loop = asyncio.get_running_loop()
+            loop = self._running_loop()
             self._timer = loop.call_at(loop.time() + MAX_DELAY_S, self._on_timer)
 
     def run_soon(self) -> None:
@@ -58,7 +68,7 @@ class Bookkeeping:
         coming): run what waits in the loop's next turn."""
         if self._pending and not self._soon:
             self._soon = True
-            asyncio.get_running_loop().call_soon(self.run)
+            self._running_loop().call_soon(self.run)
 
     def run(self) -> None:
         """Run everything queued now (also before a read of what it updates, and at

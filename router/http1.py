@@ -177,7 +177,7 @@ class Response:
             waiter.set_result(None)
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._connection.loop.create_future()
         try:
             await self._waiter
         finally:
@@ -241,6 +241,9 @@ class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection to an upstream, carrying one request at a time."""
 
     def __init__(self, pool: _OriginPool) -> None:
+        # Looked up once (made in the loop that connects it): asyncio.get_running_loop()
+        # makes a getpid system call on every use (CPython 3.11).
+        self.loop = asyncio.get_running_loop()
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
@@ -333,7 +336,7 @@ class _Connection(asyncio.Protocol):
         self._received_any = False
         self._response = None
         self._until_eof = False
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self.loop.create_future()
         self.transport.write(data)
         return self._head
 
@@ -374,7 +377,7 @@ class _OriginPool:
         self._idle: list[_Connection] = []
         self.open: set[_Connection] = set()
 
-    def take_idle(self, now: float) -> _Connection | None:
+    def take_idle(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()  # the newest: the least likely to have expired
             transport = connection.transport
@@ -382,7 +385,7 @@ class _OriginPool:
                 connection.closed
                 or transport is None
                 or transport.is_closing()
-                or now - connection.idle_since > self._client.keepalive_s
+                or connection.loop.time() - connection.idle_since > self._client.keepalive_s
             ):
                 # Idle, so its slot was given back when it went idle: forget it here, or
                 # closing it would give the slot back a second time.
@@ -396,7 +399,7 @@ class _OriginPool:
         if len(self._idle) >= MAX_IDLE_PER_ORIGIN:
             connection.close()
             return
-        connection.idle_since = asyncio.get_running_loop().time()
+        connection.idle_since = connection.loop.time()
         self._idle.append(connection)
         self._client._connection_freed()
 
@@ -490,7 +493,7 @@ class Http1Client:
         try:
             if self._closed:  # closed while this request waited for a slot
                 raise ConnectFailed("the client is closed")
-            connection = pool.take_idle(asyncio.get_running_loop().time())
+            connection = pool.take_idle()
             if connection is None:
                 connection = await pool.connect(connect_timeout_s)
             slot_held = False  # from here the connection holds the slot until it is freed
