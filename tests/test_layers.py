@@ -13,6 +13,7 @@ over a trace and tested without a server.
 from __future__ import annotations
 
 import ast
+import gc
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,18 @@ PURE_ROUTER_MODULES = {
 def _imports(path: Path) -> list[str]:
     """Top-level names of every module this file imports, anywhere in it."""
     names = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    # No collection during the parse: CPython 3.11's AST constructor is not reentrant, and a
+    # finalizer run mid-parse that formats a traceback (3.11 parses source for its carets)
+    # fails it with "AST constructor recursion depth mismatch" (an earlier test's unclosed
+    # connections did, tests/test_models.py close_sdk_clients).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    finally:
+        if collecting:
+            gc.enable()
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
