@@ -71,10 +71,12 @@ class _Parsed:
 
 
 class Wire:
-    """A raw client connection that reads answers with a real HTTP parser."""
+    """A raw client connection that reads answers with a real HTTP parser; closed when the
+    test ends, if the test did not (:func:`close_wires`)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        _OPEN_WIRES.append(self)
         self._parsed = _Parsed()
         self._parsed.parser = httptools.HttpResponseParser(self._parsed)
 
@@ -109,6 +111,21 @@ class Wire:
 
     def close(self) -> None:
         self.writer.close()
+
+
+_OPEN_WIRES: list[Wire] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_wires() -> AsyncIterator[None]:
+    """Close every wire the test opened, in its loop: one left to the garbage collector
+    warns at some later test's moment (see tests/test_layers.py on why that can hurt)."""
+    yield
+    while _OPEN_WIRES:
+        writer = _OPEN_WIRES.pop().writer
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 @pytest.fixture

@@ -141,7 +141,13 @@ async def test_gzip_answers_are_decoded(client: Http1Client) -> None:
 async def raw_server(
     answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
 ) -> tuple[str, asyncio.Server]:
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async def answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await answer(reader, writer)
+        finally:  # Python 3.11's start_server leaves that to the handler
+            writer.close()
+
+    server = await asyncio.start_server(answer_then_close, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return f"http://127.0.0.1:{port}", server
 
