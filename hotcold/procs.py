@@ -103,6 +103,9 @@ class ServiceProcess(ChildProcess):
         return self.proc.pid if self.proc else None
 
     def start(self) -> None:
+        """Start the process; again after it died (a test restarting a killed service on
+        its port): the dead one's pipe and log handle are closed first."""
+        self._close_handles()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         output: int | IO[bytes] = subprocess.DEVNULL
         if self.log_path is not None:
@@ -155,6 +158,9 @@ class ServiceProcess(ChildProcess):
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.terminate(10)
+        self._close_handles()
+
+    def _close_handles(self) -> None:
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
         if self._log_handle is not None:
