@@ -98,14 +98,16 @@ def install_wheel(tmp_path: Path) -> Path:
     return tmp_path / "venv" / "bin" / "hotcold"
 
 
-def serve(hotcold: Path, config: Path, port: int, cloud: str) -> subprocess.Popen[bytes]:
-    """``hotcold serve --config FILE`` as an operator runs it, outside the checkout."""
-    return subprocess.Popen(
-        [str(hotcold), "serve", "--config", str(config), "--port", str(port),
-         "--cloud-endpoint", cloud],
-        cwd=config.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if not k.startswith("HOTCOLD_")},
-    )  # fmt: skip
+def serve(hotcold: Path, config: Path, port: int, cloud: str, log: Path) -> subprocess.Popen[bytes]:
+    """``hotcold serve --config FILE`` as an operator runs it, outside the checkout; its
+    log to a file (a pipe no one reads would stop it once full)."""
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            [str(hotcold), "serve", "--config", str(config), "--port", str(port),
+             "--cloud-endpoint", cloud],
+            cwd=config.parent, stdout=subprocess.DEVNULL, stderr=output,
+            env={k: v for k, v in os.environ.items() if not k.startswith("HOTCOLD_")},
+        )  # fmt: skip
 
 
 async def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(
@@ -116,13 +118,14 @@ async def test_the_built_wheel_installs_into_a_fresh_venv_and_serves(
     port = free_port()
     config = tmp_path / "router.yaml"
     shutil.copy(ROOT / "configs" / "router.yaml", config)
-    process = serve(hotcold, config, port, cloud.url)
+    log = tmp_path / "serve.log"
+    process = serve(hotcold, config, port, cloud.url, log)
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
 
             async def ready() -> bool:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert process.poll() is None, log.read_text(errors="replace")[-2000:]
                 try:
                     async with session.get(url + "/readyz") as response:
                         return response.status == 200
