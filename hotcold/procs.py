@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,17 +108,21 @@ class ServiceProcess(ChildProcess):
         its port): the dead one's pipe and log handle are closed first."""
         self._close_handles()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        output: int | IO[bytes] = subprocess.DEVNULL
+        output: IO[bytes]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             output = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-            self._log_handle = output
+        else:
+            # A nameless file, read back for a failure's message: a pipe no one reads would
+            # stop the service once its 64 KiB filled.
+            output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self._log_handle = output
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, "--port", str(self.port), *self.args],
             cwd=ROOT,
             env=env,
             stdout=output,
-            stderr=subprocess.STDOUT if self.log_path else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
@@ -140,8 +145,9 @@ class ServiceProcess(ChildProcess):
     def _tail(self) -> str:
         if self.log_path is not None and self.log_path.exists():
             return self.log_path.read_text(errors="replace")[-2000:]
-        if self.proc is not None and self.proc.stderr is not None:
-            return self.proc.stderr.read().decode(errors="replace")[-2000:]
+        if self._log_handle is not None:
+            self._log_handle.seek(0)
+            return self._log_handle.read().decode(errors="replace")[-2000:]
         return ""
 
     def terminate(self, timeout_s: float = 20.0) -> int:
@@ -161,8 +167,6 @@ class ServiceProcess(ChildProcess):
         self._close_handles()
 
     def _close_handles(self) -> None:
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
