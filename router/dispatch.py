@@ -633,10 +633,8 @@ class Dispatcher:
             )
         tenant = http.get(TENANT)
         if served_by != "cache" and tenant is not None:
-            limits = self.fleet_limits or self.tenants
-            if limits.limits_of(tenant).tokens_per_min is not None:
-                used = sum(n for n in (prompt, completion) if isinstance(n, int) and n >= 0)
-                limits.debit_tokens(tenant, used, self._clock.now())
+            used = sum(n for n in (prompt, completion) if isinstance(n, int) and n >= 0)
+            (self.fleet_limits or self.tenants).debit_tokens(tenant, used, self._clock.now())
         self.bookkeeping.defer(
             self._count_token_metrics, prompt, completion, served_by, model, tenant
         )

@@ -193,8 +193,12 @@ class TenantLimiter:
         state.throttled[why] = state.throttled.get(why, 0) + 1
 
     def debit_tokens(self, tenant: str, count: int, now: float) -> None:
+        """Tokens an answer used, against the tenant's token bucket. Every answer from an
+        upstream calls this: a tenant without a token limit costs one lookup."""
+        if count <= 0 or self.limits_of(tenant).tokens_per_min is None:
+            return
         state = self.state(tenant, now)
-        if state.tokens is not None and count > 0:
+        if state.tokens is not None:
             state.tokens.refill(now)
             state.tokens.level -= count  # may go below zero: the tenant waits it off
 
