@@ -22,6 +22,7 @@ from hotcold.serving import Server, free_port
 from router import create_app as create_router_app
 from router.clock import Clock
 from router.config import build_config
+from tests.support import close_all_at_test_end
 
 StubFactory = Callable[..., Awaitable[Server]]
 RouterFactory = Callable[..., Awaitable[Server]]
@@ -78,6 +79,13 @@ async def router() -> AsyncIterator[RouterFactory]:
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+async def closes_at_test_end() -> AsyncIterator[None]:
+    """Closes what the test handed to ``tests.support.close_at_test_end``."""
+    yield
+    await close_all_at_test_end()
 
 
 @pytest.fixture

@@ -32,6 +32,24 @@ async def wait_for(
         await asyncio.sleep(interval_s)
 
 
+_AT_TEST_END: list[Callable[[], object]] = []
+
+
+def close_at_test_end(close: Callable[[], object]) -> None:
+    """Call ``close`` (awaiting what it returns, if anything) when the current test ends, in
+    its loop: for modules that use the ``closes_at_test_end`` fixture (tests/conftest.py).
+    A connection left to the garbage collector warns at some later test's moment instead,
+    and on CPython 3.11 that can break ``ast.parse`` (see tests/test_layers.py)."""
+    _AT_TEST_END.append(close)
+
+
+async def close_all_at_test_end() -> None:
+    while _AT_TEST_END:
+        done = _AT_TEST_END.pop()()
+        if isinstance(done, Awaitable):
+            await done
+
+
 async def is_up(url: str) -> bool:
     try:
         async with (

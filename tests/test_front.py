@@ -27,7 +27,9 @@ from router import create_app
 from router.config import build_config
 from router.parts import PARTS
 from tests.conftest import StubFactory, router_settings
-from tests.support import scrape, wait_for
+from tests.support import close_at_test_end, scrape, wait_for
+
+pytestmark = pytest.mark.usefixtures("closes_at_test_end")  # the wires, at each test's end
 
 CHAT = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -72,11 +74,11 @@ class _Parsed:
 
 class Wire:
     """A raw client connection that reads answers with a real HTTP parser; closed when the
-    test ends, if the test did not (:func:`close_wires`)."""
+    test ends, if the test did not."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        _OPEN_WIRES.append(self)
+        close_at_test_end(self._closed_fully)
         self._parsed = _Parsed()
         self._parsed.parser = httptools.HttpResponseParser(self._parsed)
 
@@ -112,20 +114,10 @@ class Wire:
     def close(self) -> None:
         self.writer.close()
 
-
-_OPEN_WIRES: list[Wire] = []
-
-
-@pytest.fixture(autouse=True)
-async def close_wires() -> AsyncIterator[None]:
-    """Close every wire the test opened, in its loop: one left to the garbage collector
-    warns at some later test's moment (see tests/test_layers.py on why that can hurt)."""
-    yield
-    while _OPEN_WIRES:
-        writer = _OPEN_WIRES.pop().writer
-        writer.close()
+    async def _closed_fully(self) -> None:
+        self.writer.close()
         with contextlib.suppress(OSError):
-            await writer.wait_closed()
+            await self.writer.wait_closed()
 
 
 @pytest.fixture

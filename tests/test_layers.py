@@ -45,7 +45,7 @@ def _imports(path: Path) -> list[str]:
     # No collection during the parse: CPython 3.11's AST constructor is not reentrant, and a
     # finalizer run mid-parse that formats a traceback (3.11 parses source for its carets)
     # fails it with "AST constructor recursion depth mismatch" (an earlier test's unclosed
-    # connections did, tests/test_models.py close_sdk_clients).
+    # connections did; tests.support.close_at_test_end now closes them).
     collecting = gc.isenabled()
     gc.disable()
     try:

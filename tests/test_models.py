@@ -24,7 +24,10 @@ from router import create_app
 from router.config import build_config, load_layers
 from tests.conftest import StubFactory
 from tests.recording_upstream import Recorder, start_recorder
-from tests.support import metric, scrape, wait_for
+from tests.support import close_at_test_end, metric, scrape, wait_for
+
+# The SDK clients the tests make (sdk, async_sdk) are closed when each test ends.
+pytestmark = pytest.mark.usefixtures("closes_at_test_end")
 
 FAST_POOL = {
     "backoff": {"base_s": 0.005, "cap_s": 0.05},
@@ -94,36 +97,17 @@ async def fleet(stub: StubFactory, recorder: Recorder) -> AsyncIterator[dict[str
 
 
 def sdk(server: Server) -> openai.OpenAI:
-    """The sync SDK on ``server``, closed when the test ends (:func:`close_sdk_clients`)."""
+    """The sync SDK on ``server``, closed when the test ends."""
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    _OPEN_CLIENTS.append(client)
+    close_at_test_end(client.close)
     return client
 
 
 def async_sdk(server: Server) -> openai.AsyncOpenAI:
-    """The async SDK on ``server``, closed when the test ends (:func:`close_sdk_clients`)."""
+    """The async SDK on ``server``, closed when the test ends."""
     client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    _OPEN_CLIENTS.append(client)
+    close_at_test_end(client.close)
     return client
-
-
-_OPEN_CLIENTS: list[openai.OpenAI | openai.AsyncOpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-async def close_sdk_clients() -> AsyncIterator[None]:
-    """Close every SDK client the test made, in the test's loop. Left open, their connections
-    are collected at some later test's moment, and CPython 3.11's ``ast.parse`` is not
-    reentrant: a ResourceWarning's traceback formatted by a finalizer during a parse (3.11
-    parses source lines to place its carets) failed tests/test_layers.py with "AST
-    constructor recursion depth mismatch" when it ran after tests/test_real_upstreams.py."""
-    yield
-    while _OPEN_CLIENTS:
-        client = _OPEN_CLIENTS.pop()
-        if isinstance(client, openai.AsyncOpenAI):
-            await client.close()
-        else:
-            client.close()
 
 
 async def requests_to(server: Server, path: str = "/v1/chat/completions") -> float:

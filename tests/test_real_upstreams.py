@@ -21,12 +21,9 @@ import pytest
 from hotcold.procs import ServiceProcess
 from hotcold.serving import Server, free_port
 from tests.support import wait_for
-from tests.test_models import (
-    HI,
-    async_sdk,
-    close_sdk_clients,  # noqa: F401  # autouse: closes ours too
-    start_router,
-)
+from tests.test_models import HI, async_sdk, start_router
+
+pytestmark = pytest.mark.usefixtures("closes_at_test_end")  # the SDK clients, at each test's end
 
 FAST_POOL = {
     "backoff": {"base_s": 0.005, "cap_s": 0.05},
