@@ -16,6 +16,10 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
+from hotcold.loops import RunningLoop
+
+_LOOP = RunningLoop()  # one lookup per loop, not per request (hotcold/loops.py)
+
 
 class deadline:  # lower case: used where asyncio.timeout was, as a function-like manager
     """Cancel the current task's work inside the block after ``delay_s`` seconds (at once
@@ -27,8 +31,8 @@ class deadline:  # lower case: used where asyncio.timeout was, as a function-lik
         self._delay_s = delay_s
 
     def __enter__(self) -> deadline:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)  # given the loop: no second getpid system call
+        loop = _LOOP.get()
+        task = asyncio.current_task(loop)  # given the loop: no getpid system call
         if task is None:
             raise RuntimeError("deadline() is used inside a task")
         self._task = task

@@ -19,6 +19,8 @@ from typing import BinaryIO
 
 import orjson
 
+from hotcold.loops import RunningLoop
+
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 # The W3C trace id (32 hex) of the request being handled, when it is traced (hotcold/otel.py):
 # a log line and its trace are found from each other.
@@ -144,6 +146,7 @@ class BatchedStreamHandler(logging.Handler):
         self._pending: list[str] = []
         self._pending_chars = 0
         self._timer_loop: asyncio.AbstractEventLoop | None = None  # where a flush is due
+        self._loop = RunningLoop()  # asked on every line (hotcold/loops.py)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -173,7 +176,7 @@ class BatchedStreamHandler(logging.Handler):
             self._write()
             return
         try:
-            loop = asyncio.get_running_loop()
+            loop = self._loop.get()
         except RuntimeError:  # no loop in this thread: nobody would flush later
             self._write()
             return

@@ -26,6 +26,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from hotcold.loops import RunningLoop
+
 log = logging.getLogger("hotcold.bookkeeping")
 
 MAX_PENDING = 256  # items waiting at most; the next one runs them all
@@ -39,16 +41,7 @@ class Bookkeeping:
         self._pending: list[tuple[contextvars.Context, Callable[..., Any], tuple[Any, ...]]] = []
         self._soon = False  # a run is scheduled for the loop's next turn
         self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop this runs in, looked up once (``asyncio.get_running_loop`` makes a getpid
-        system call per use on CPython 3.11) and again only when that one no longer runs (a
-        thread runs one loop at a time: a running loop remembered here is the current one)."""
-        loop = self._loop
-        if loop is None or not loop.is_running():
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
+        self._loop = RunningLoop()  # asked on every answer (hotcold/loops.py)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -60,7 +53,7 @@ class Bookkeeping:
         if len(pending) >= MAX_PENDING:
             self.run()
         elif self._timer is None:
-            loop = self._running_loop()
+            loop = self._loop.get()
             self._timer = loop.call_at(loop.time() + MAX_DELAY_S, self._on_timer)
 
     def run_soon(self) -> None:
@@ -68,7 +61,7 @@ class Bookkeeping:
         coming): run what waits in the loop's next turn."""
         if self._pending and not self._soon:
             self._soon = True
-            self._running_loop().call_soon(self.run)
+            self._loop.get().call_soon(self.run)
 
     def run(self) -> None:
         """Run everything queued now (also before a read of what it updates, and at
