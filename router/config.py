@@ -66,7 +66,6 @@ def _check_url(url: str) -> str:
 class ServerConfig(_Frozen):
     host: str = setting("127.0.0.1", env="HOTCOLD_HOST", flag="--host")
     """address to listen on (0.0.0.0 for all)"""
-    """address to listen on (0.0.0.0 for all)"""
     port: int = setting(8080, ge=0, le=65535, env="HOTCOLD_PORT", flag="--port")
     """TCP port"""
     workers: int = setting(1, ge=1, le=64, flag="--workers")
