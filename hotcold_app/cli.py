@@ -23,6 +23,12 @@ def _bench_proxy(argv: list[str]) -> int:
     return proxy.main(argv)
 
 
+def _bench_path(argv: list[str]) -> int:
+    from bench import path
+
+    return path.main(argv)
+
+
 def _bench_policy(argv: list[str]) -> int:
     from bench import policy
 
@@ -55,6 +61,7 @@ def _bench_fleet(argv: list[str]) -> int:
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "proxy": _bench_proxy,
+    "path": _bench_path,
     "policy": _bench_policy,
     "node": _bench_node,
     "soak": _bench_soak,
