@@ -18,7 +18,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from router.clock import Clock
 from router.config import FleetConfig
-from router.redis_connect import RedisClient, connect, describe
+from router.redis_connect import RedisClient, close, connect, describe
 
 log = logging.getLogger("hotcold.fleet")
 T = TypeVar("T")
@@ -123,4 +123,4 @@ class RedisLink:
     async def close(self) -> None:
         with contextlib.suppress(*REDIS_FAILURES):
             async with asyncio.timeout(self.config.redis_timeout_s):
-                await self.client.aclose()
+                await close(self.client)

@@ -57,6 +57,19 @@ def connect(url: str, timeout_s: float) -> RedisClient:
     return Redis.from_url(url, **_timeouts(timeout_s))
 
 
+async def close(client: RedisClient) -> None:
+    """Close ``client`` and, for a Sentinel URL, its connections to the Sentinels that found
+    its master: a ``master_for`` client's ``aclose()`` leaves those open (they belong to the
+    ``Sentinel``'s own clients), so a fleet that stopped or reconnected left them behind."""
+    sentinel = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    try:
+        await client.aclose()
+    finally:
+        if sentinel is not None:  # Sentinel.aclose() is newer than redis>=5.0
+            for sentinel_client in sentinel.sentinels:
+                await sentinel_client.aclose()
+
+
 def describe(url: str) -> str:
     """The URL without its password, for logs and the admin API."""
     parts = urlsplit(url)
