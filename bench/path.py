@@ -33,6 +33,8 @@ from typing import Any
 from aiohttp import web
 from rich.table import Table
 
+from bench import bare_upstream
+from bench.proxy import DETERMINISTIC, SAMPLED
 from hotcold.console import make_console
 from hotcold.front import FRONT, FrontConnection, FrontServer
 from hotcold.logs import setup_logging
@@ -42,21 +44,11 @@ from router.app import create_app
 from router.config import RouterConfig
 
 UPSTREAM = "http://upstream.bench.invalid:8000"
-SAMPLED = (
-    b'{"model":"bench","messages":[{"role":"user","content":"say something"}],'
-    b'"max_tokens":16,"temperature":0.7}'
-)
-DETERMINISTIC = SAMPLED.replace(b'"temperature":0.7', b'"temperature":0')
-ANSWER_BODY = (
-    b'{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench",'
-    b'"choices":[{"index":0,"message":{"role":"assistant","content":"a fixed answer of a few '
-    b'tokens"},"logprobs":null,"finish_reason":"stop"}],'
-    b'"usage":{"prompt_tokens":8,"completion_tokens":7,"total_tokens":15}}'
-)
+# The proxy bench's upstream answer, as aiohttp sends it.
 ANSWER = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\nDate: Mon, 23 Nov 2026 21:00:00 GMT\r\nServer: Python/3.11 aiohttp\r\n"
-    b"\r\n%s" % (len(ANSWER_BODY), ANSWER_BODY)
+    b"\r\n%s" % (len(bare_upstream.ANSWER), bare_upstream.ANSWER)
 )
 
 
@@ -165,10 +157,10 @@ async def measure(requests: int, rounds: int) -> dict[str, list[tuple[float, flo
         gc.set_threshold(GEN0_THRESHOLD)
         for _ in range(rounds):
             for name, data in kinds.items():
-                wall, cpu = time.perf_counter(), time.process_time()
+                wall, cpu = time.perf_counter(), time.thread_time()
                 for _ in range(requests):
                     await one(data)
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
                 results[name].append((wall / requests * 1e6, cpu / requests * 1e6))
         client.connection_lost(None)
         return results
