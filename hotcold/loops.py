@@ -9,7 +9,9 @@ machine each costs more than the Python around it. Code that asks on every reque
 
 A remembered loop is the answer while it still runs and the thread asking is the one that
 remembered it: a thread runs one loop at a time, so a loop that runs and was found running
-in this thread is this thread's running loop. A forked child forgets every remembered loop
+in this thread is this thread's running loop (unless that loop object stopped here and was
+run again in another thread while this one runs a different loop: not done by anyone here).
+A forked child forgets every remembered loop
 (its parent's loop never runs there), as the interpreter's own check would have it.
 """
 
@@ -25,25 +27,27 @@ class RunningLoop:
     """``asyncio.get_running_loop()`` for one user, looked up again only when the loop it
     remembers stopped or another thread asks."""
 
-    __slots__ = ("__weakref__", "_loop", "_thread")
+    __slots__ = ("__weakref__", "_memo")
 
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = 0
+        # (loop, thread id), read and written as one: two attributes written one after the
+        # other could pair one thread's loop with another thread's id in between.
+        self._memo: tuple[asyncio.AbstractEventLoop, int] | None = None
         _REMEMBERING.add(self)
 
     def get(self) -> asyncio.AbstractEventLoop:
         """The running loop of the calling thread; ``RuntimeError`` where none runs, as
         ``asyncio.get_running_loop()`` raises it."""
-        loop = self._loop
-        if loop is not None and self._thread == get_ident() and loop.is_running():
-            return loop
-        loop = self._loop = asyncio.get_running_loop()
-        self._thread = get_ident()
+        memo = self._memo
+        thread = get_ident()
+        if memo is not None and memo[1] == thread and memo[0].is_running():
+            return memo[0]
+        loop = asyncio.get_running_loop()
+        self._memo = (loop, thread)
         return loop
 
     def forget(self) -> None:
-        self._loop = None
+        self._memo = None
 
 
 _REMEMBERING: weakref.WeakSet[RunningLoop] = weakref.WeakSet()

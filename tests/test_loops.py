@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 
@@ -61,6 +62,8 @@ def test_another_thread_gets_its_own_loop() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+# Python 3.12+ warns about forking with other threads alive (a thread an earlier test left).
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
 def test_a_forked_child_forgets_its_parents_loop() -> None:
     remembered = RunningLoop()
 
@@ -68,8 +71,42 @@ def test_a_forked_child_forgets_its_parents_loop() -> None:
         remembered.get()
         child = os.fork()
         if child == 0:  # the parent's loop object is here and says it runs, yet never will
-            os._exit(0 if remembered._loop is None else 1)
+            os._exit(0 if remembered._memo is None else 1)
         _, status = await asyncio.to_thread(os.waitpid, child, 0)
         return os.waitstatus_to_exitcode(status)
 
     assert asyncio.run(fork_while_running()) == 0
+
+
+def test_a_thread_switch_inside_the_lookup_never_hands_out_another_threads_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two threads, each running its loop, share one RunningLoop (as the deadline's is
+    shared); the thread id is read with a forced switch to the other thread each time."""
+    import hotcold.loops as loops
+
+    real_get_ident = threading.get_ident
+
+    def switching_get_ident() -> int:
+        time.sleep(0)  # let the other thread run here
+        return real_get_ident()
+
+    monkeypatch.setattr(loops, "get_ident", switching_get_ident)
+    remembered = RunningLoop()
+    wrong: list[int] = []
+
+    def run_one() -> None:
+        async def ask() -> None:
+            mine = asyncio.get_running_loop()
+            for _ in range(2000):
+                if remembered.get() is not mine:
+                    wrong.append(1)
+
+        asyncio.run(ask())
+
+    threads = [threading.Thread(target=run_one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert wrong == []
