@@ -14,6 +14,7 @@ again on its next period, which is what keeps a slow Redis away from everything 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -62,12 +63,12 @@ async def close(client: RedisClient) -> None:
     its master: a ``master_for`` client's ``aclose()`` leaves those open (they belong to the
     ``Sentinel``'s own clients), so a fleet that stopped or reconnected left them behind."""
     sentinel = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
-    try:
-        await client.aclose()
-    finally:
-        if sentinel is not None:  # Sentinel.aclose() is newer than redis>=5.0
-            for sentinel_client in sentinel.sentinels:
-                await sentinel_client.aclose()
+    clients = [client, *(sentinel.sentinels if sentinel is not None else ())]
+    # All at once, each whatever the others do (Sentinel.aclose(), which does the same, is
+    # newer than redis>=5.0); the master client's own failure is the one reported.
+    results = await asyncio.gather(*(each.aclose() for each in clients), return_exceptions=True)
+    if isinstance(results[0], BaseException):
+        raise results[0]
 
 
 def describe(url: str) -> str:
