@@ -118,14 +118,15 @@ async def measure(requests: int, rounds: int) -> dict[str, list[tuple[float, flo
     runner = web.AppRunner(app)
     await runner.setup()
     try:
+        server = config.server  # the bounds `hotcold serve` gives its front door
         front = FrontServer(
             app[FRONT],
             app,
             fallback=lambda: asyncio.Protocol(),
-            header_timeout_s=10.0,
-            idle_timeout_s=15.0,
-            max_line_bytes=8190,
-            max_headers=100,
+            header_timeout_s=server.header_timeout_s,
+            idle_timeout_s=server.idle_timeout_s,
+            max_line_bytes=server.max_header_bytes,
+            max_headers=server.max_headers,
         )
         loop = asyncio.get_running_loop()
         answered: list[asyncio.Future[None]] = []

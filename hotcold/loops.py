@@ -11,8 +11,8 @@ A remembered loop is the answer while it still runs and the thread asking is the
 remembered it: a thread runs one loop at a time, so a loop that runs and was found running
 in this thread is this thread's running loop (unless that loop object stopped here and was
 run again in another thread while this one runs a different loop: not done by anyone here).
-A forked child forgets every remembered loop
-(its parent's loop never runs there), as the interpreter's own check would have it.
+A forked child forgets every remembered loop (its parent's loop never runs there), as the
+interpreter's own check would have it.
 """
 
 from __future__ import annotations
